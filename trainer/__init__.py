@@ -1,0 +1,1 @@
+"""Off-policy training on timelines, ONNX export and the local model registry."""

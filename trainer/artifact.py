@@ -1,0 +1,56 @@
+"""What a trained model is on disk: an ONNX graph plus JSON metadata. Never a pickle.
+
+The ONNX contract every algorithm's export follows (discrete actions):
+  inputs   `features`               float32 [batch, n_features]  raw values, NaN = missing
+           `possible_actions_mask`  float32 [batch, n_actions]   1 = possible, 0 = not
+  outputs  `q_values`               float32 [batch, n_actions]   impossible actions = -inf
+           `action_probabilities`   float32 [batch, n_actions]   softmax(q / temperature) over possible
+Normalization happens inside the graph, so callers pass raw features in
+`metadata.feature_names` order and actions in `metadata.actions` order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
+
+FEATURES_INPUT = "features"
+MASK_INPUT = "possible_actions_mask"
+Q_OUTPUT = "q_values"
+PROBS_OUTPUT = "action_probabilities"
+
+
+class DataRange(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: datetime | None = None
+    end: datetime | None = None
+    rows: int = 0
+
+
+class ModelMetadata(BaseModel):
+    """Everything needed to serve, evaluate and audit one model version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    version: str
+    created_at: datetime
+    algorithm: str
+    algorithm_config: dict[str, Any] = Field(default_factory=dict)
+    onnx_file: str = "model.onnx"
+    onnx_sha256: str
+    input_names: list[str] = Field(default_factory=lambda: [FEATURES_INPUT, MASK_INPUT])
+    output_names: list[str] = Field(default_factory=lambda: [Q_OUTPUT, PROBS_OUTPUT])
+    feature_names: list[str]
+    actions: list[str]
+    exploration: ExplorationConfig = Field(default_factory=EpsilonGreedyExploration)
+    normalization_spec_version: str | None = None
+    normalization_spec_sha256: str | None = None
+    data_range: DataRange = Field(default_factory=DataRange)
+    training_metrics: dict[str, float] = Field(default_factory=dict)
+    code_version: str = "unknown"
