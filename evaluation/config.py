@@ -1,0 +1,43 @@
+"""Settings of counterfactual evaluation and of the deploy gate; validated, passed down explicitly."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evaluation.reward_model import RidgeRewardModelConfig
+
+
+class GateConfig(BaseModel):
+    """When a model may be deployed, judged on the headline doubly robust estimate.
+
+    `threshold` applies to the lower bound of the *normalized* DR interval: 1.0 means "at
+    least as good as the logged policy, with the configured confidence".
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    threshold: float = 1.0
+    min_effective_sample_size: float = Field(100.0, ge=0.0)
+    max_swing: float | None = Field(
+        None, gt=0.0, description="max relative change of the DR value vs the previous model's report"
+    )
+
+
+class EvaluationConfig(BaseModel):
+    """How to estimate a model's value from logged timelines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    bootstrap_samples: int = Field(200, ge=10)
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    gamma: float = Field(0.9, ge=0.0, le=1.0, description="discount of the sequential estimate")
+    seed: int = 0
+    min_rows: int = Field(
+        1000, ge=1, description="fewer decisions than this: the estimate is marked unreliable and gated out"
+    )
+    reward_model: RidgeRewardModelConfig = Field(default_factory=RidgeRewardModelConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)

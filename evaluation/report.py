@@ -1,0 +1,94 @@
+"""The CPE report: what was estimated, how sure we are, and what it means in one sentence.
+
+Horizon's users could not read bare numbers like 12 163 (ReAgent issues 89, 200, 202), so the
+report carries the logged baseline, raw and normalized values with intervals, effective sample
+sizes, the reward model's held-out error and a plain-language verdict.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from evaluation.errors import ReportError
+from evaluation.estimators import Estimate
+from evaluation.reward_model import RewardModelFit
+
+REPORT_FILE = "cpe_report.json"
+HEADLINE_ESTIMATOR = "dr"
+
+
+class CpeReport(BaseModel):
+    """Counterfactual evaluation of one model version on logged timelines."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+    schema_version: Literal[1] = 1
+    model_version: str
+    logged_policy_versions: list[str]
+    n_decisions: int
+    n_episodes: int
+    logged_value: float = Field(description="mean logged reward per decision")
+    logged_episode_value: float = Field(description="mean discounted logged return per episode")
+    gamma: float
+    estimates: dict[str, Estimate]
+    headline: str = Field(HEADLINE_ESTIMATOR, description="key of the estimate the gate judges")
+    reward_model: RewardModelFit
+    reliable: bool
+    warnings: list[str] = Field(default_factory=list)
+    verdict: str
+    data_start: datetime | None = None
+    data_end: datetime | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def headline_estimate(self) -> Estimate:
+        return self.estimates[self.headline]
+
+
+def save_report(report: CpeReport, directory: Path | str) -> Path:
+    """Write `directory/cpe_report.json` (directory created) and return its path."""
+    path = Path(directory) / REPORT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(report.model_dump_json(indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def load_report(path: Path | str) -> CpeReport:
+    """Read a report written by `save_report` (a file, or a directory holding cpe_report.json)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_FILE
+    try:
+        return CpeReport.model_validate_json(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise ReportError(f"no CPE report at {path}; run the evaluation for that version first") from exc
+    except ValidationError as exc:
+        raise ReportError(
+            f"{path} is not a valid CpeReport: {exc.errors()[:3]}; re-run the evaluation"
+        ) from exc
+
+
+def describe_verdict(
+    model_version: str, logged_value: float, estimate: Estimate, reliable: bool, warnings: list[str]
+) -> str:
+    """One sentence a product owner can act on, built from the headline estimate."""
+    pct = int(round(estimate.confidence * 100))
+    head = (
+        f"Model {model_version} as served is estimated at {estimate.value:.4g} mean reward per decision "
+        f"({pct}% interval {estimate.ci_low:.4g} to {estimate.ci_high:.4g}) vs {logged_value:.4g} for the "
+        f"logged policy, i.e. {estimate.normalized:.3f}× (interval {estimate.normalized_ci_low:.3f}× to "
+        f"{estimate.normalized_ci_high:.3f}×)"
+    )
+    if not reliable:
+        return f"{head}; NOT reliable: {'; '.join(warnings)}."
+    if estimate.normalized_ci_low >= 1.0:
+        return f"{head}; it is better than the logged policy with {pct}% confidence."
+    if estimate.normalized_ci_high < 1.0:
+        return f"{head}; it is worse than the logged policy with {pct}% confidence."
+    return f"{head}; the data cannot tell it apart from the logged policy."

@@ -1,0 +1,133 @@
+"""One YAML file per environment, validated into typed sections.
+
+Each stage owns the model of its own knobs (`DqnConfig`, `EvaluationConfig`, …); this module
+only composes them and fills in what depends on the environment — addresses of the stack,
+paths under the run directory — so stages never read global settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from apps.notifications import NotificationSimConfig
+from contracts import DEFAULT_TOPICS, StreamrlError, Topics
+from evaluation.config import EvaluationConfig
+from features.identify import NormalizationConfig
+from infra.stack_config import StackConfig
+from trainer.config import DqnConfig
+from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "local.yaml"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(StreamrlError):
+    """A configuration file is missing, not YAML, or does not validate."""
+
+    def __init__(self, message: str, *, path: Path, key: str | None = None):
+        super().__init__(message)
+        self.path = path
+        self.key = key
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StreamSection(_Section):
+    """Knobs of the timeline job; paths come from the run directory."""
+
+    attribution_window_s: float = Field(20.0, gt=0)
+    mdp_idle_timeout_s: float = Field(5.0, gt=0)
+    trigger_interval_s: float = Field(2.0, gt=0)
+    max_rows_per_batch: int | None = Field(None, gt=0)
+
+
+class FeatureStoreSection(_Section):
+    project: str = Field("streamrl", pattern=r"^[a-z][a-z0-9_]*$")
+    ttl_s: int = Field(7 * 24 * 3600, gt=0)
+
+
+class ServingSection(_Section):
+    port: int = Field(18080, ge=1, le=65535)
+    poll_interval_s: float = Field(1.0, gt=0)
+    max_batch: int = Field(1000, ge=1, le=10_000)
+    seed: int | None = 1234
+
+
+class MonitoringSection(_Section):
+    enabled: bool = True
+    window_s: int = Field(60, gt=0)
+    web_port: int = Field(16066, ge=1, le=65535)
+
+
+class DemoSection(_Section):
+    days: int = Field(3, ge=1, le=30)
+    simulator: NotificationSimConfig = Field(default_factory=NotificationSimConfig)
+    learned_exploration: ExplorationConfig = Field(default_factory=lambda: EpsilonGreedyExploration(epsilon=0.05))
+    request_batch_size: int = Field(500, ge=1)
+    timelines_wait_s: float = Field(240.0, gt=0, description="how long to wait for a day's timelines")
+
+
+class StreamrlConfig(_Section):
+    """The whole environment: stack addresses, topics, and every stage's knobs."""
+
+    schema_version: Literal[1] = 1
+    run_dir: Path = Path("runs/demo")
+    stack: StackConfig = Field(default_factory=StackConfig)
+    topics: Topics = DEFAULT_TOPICS
+    stream: StreamSection = Field(default_factory=StreamSection)
+    normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
+    feature_store: FeatureStoreSection = Field(default_factory=FeatureStoreSection)
+    trainer: DqnConfig = Field(default_factory=DqnConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    serving: ServingSection = Field(default_factory=ServingSection)
+    monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
+    demo: DemoSection = Field(default_factory=DemoSection)
+
+
+def load_model(path: Path, model: type[M], *, overrides: dict[str, Any] | None = None) -> M:
+    """Read YAML at `path` and validate it into `model`, with an error a person can act on."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}", path=path) from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}", path=path) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(data).__name__}", path=path)
+    data = _deep_merge(data, overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "<root>"
+        value = first.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{…}"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise ConfigError(
+            f"{path}: key '{key}' has value {shown[:200]}: {first['msg']}{more}", path=path, key=key
+        ) from exc
+
+
+def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> StreamrlConfig:
+    """Load an environment file (default: the packaged local one) with optional overrides."""
+    return load_model(path or DEFAULT_CONFIG, StreamrlConfig, overrides=overrides)
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,175 @@
+"""Run the monitoring worker, and read its `metrics` topic back for the live view.
+
+`python -m monitoring.run --config monitor.json` runs a worker from a `MonitoringConfig` JSON
+file; `streamrl monitor` launches that in a subprocess and stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from pydantic import ValidationError
+
+from monitoring.app import create_app
+from monitoring.config import MonitoringConfig
+from monitoring.errors import MonitoringError
+from monitoring.metrics import MetricsWindow
+
+logger = logging.getLogger(__name__)
+
+
+def run_monitor(config: MonitoringConfig) -> None:
+    """Run the faust worker in this process until SIGTERM/SIGINT (blocks; exits the process)."""
+    import faust
+
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(config)
+    worker = faust.Worker(app, loglevel=config.loglevel, quiet=True)
+    worker.execute_from_commandline()
+
+
+def load_config(path: Path) -> MonitoringConfig:
+    """Read a `MonitoringConfig` JSON file, naming the file and the bad key on error."""
+    try:
+        return MonitoringConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MonitoringError(f"cannot read monitoring config {path}: {exc}", where=str(path)) from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "<root>"
+        raise MonitoringError(
+            f"invalid monitoring config {path}: key '{key}' has value {first.get('input')!r:.200}: "
+            f"{first['msg']} ({exc.error_count()} problem(s)); expected the fields of MonitoringConfig",
+            where=str(path),
+        ) from exc
+
+
+def tail_metrics(
+    bootstrap_servers: str, topic: str, follow: bool = False, timeout_s: float = 10.0
+) -> Iterator[MetricsWindow]:
+    """Yield every `MetricsWindow` on `topic` from the beginning; with `follow`, keep waiting for more.
+
+    Without `follow` it stops at the fetch high watermarks (the broker's ListOffsets end offsets
+    are wrong on Tansu). Uses no consumer group. Raises `MonitoringError` if the topic cannot be
+    found or its watermarks are unknown after `timeout_s`.
+    """
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers.split(","),
+            group_id=None,
+            enable_auto_commit=False,
+            consumer_timeout_ms=1000,
+        )
+    except KafkaError as exc:
+        raise MonitoringError(
+            f"cannot reach Kafka at {bootstrap_servers}: {exc}; is the local stack up? run `streamrl stack up`",
+            where=bootstrap_servers,
+        ) from exc
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise MonitoringError(
+                    f"metrics topic {topic!r} not found at {bootstrap_servers} after {timeout_s}s; "
+                    "has the monitor been started (`streamrl monitor`)?",
+                    where=topic,
+                )
+            time.sleep(0.2)
+            partitions = consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        while True:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    try:
+                        yield MetricsWindow.model_validate_json(record.value)
+                    except ValidationError as exc:
+                        logger.warning(
+                            "skipping record %s:%d:%d that is not a MetricsWindow: %s",
+                            topic,
+                            record.partition,
+                            record.offset,
+                            exc,
+                        )
+            if follow:
+                continue
+            highs = {tp: consumer.highwater(tp) for tp in assigned}
+            if all(h is not None and consumer.position(tp) >= h for tp, h in highs.items()):
+                return
+            if time.monotonic() > deadline:
+                unknown = sorted(tp.partition for tp, h in highs.items() if h is None)
+                raise MonitoringError(
+                    f"could not read the high watermark of {topic!r} partitions {unknown} within "
+                    f"{timeout_s}s; is the broker at {bootstrap_servers} healthy?",
+                    where=topic,
+                )
+    finally:
+        consumer.close()
+
+
+def latest_revisions(windows: Iterable[MetricsWindow]) -> list[MetricsWindow]:
+    """Keep the highest revision of each (model_version, window_start), sorted by time then version."""
+    latest: dict[tuple[str, object], MetricsWindow] = {}
+    for window in windows:
+        key = (window.model_version, window.window_start)
+        if key not in latest or window.revision >= latest[key].revision:
+            latest[key] = window
+    return sorted(latest.values(), key=lambda w: (w.window_start, w.model_version))
+
+
+def _format_mix(action_counts: dict[str, int], decisions: int) -> str:
+    if not decisions:
+        return "-"
+    return " ".join(f"{action}:{count / decisions:.0%}" for action, count in sorted(action_counts.items()))
+
+
+def format_metrics_table(windows: Iterable[MetricsWindow]) -> str:
+    """Render the latest revision of each window as a fixed-width text table (for `streamrl monitor`)."""
+    header = (
+        "window_start (UTC)",
+        "model_version",
+        "rev",
+        "decisions",
+        "action mix",
+        "rewards",
+        "mean_reward",
+    )
+    rows = [header + ("min_prop", "alerts")]
+    for w in latest_revisions(windows):
+        rows.append(
+            (
+                w.window_start.strftime("%Y-%m-%d %H:%M:%S"),
+                w.model_version,
+                str(w.revision),
+                str(w.decisions),
+                _format_mix(w.action_counts, w.decisions),
+                str(w.rewards),
+                "-" if w.mean_reward is None else f"{w.mean_reward:.4f}",
+                "-" if w.min_propensity is None else f"{w.min_propensity:.4f}",
+                ",".join(a.split(":", 1)[0] for a in w.alerts) or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) + 2)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m monitoring.run --config FILE`."""
+    parser = argparse.ArgumentParser(description="Run the streamrl monitoring worker.")
+    parser.add_argument("--config", type=Path, required=True, help="MonitoringConfig JSON file")
+    args = parser.parse_args(argv)
+    run_monitor(load_config(args.config))
+
+
+if __name__ == "__main__":
+    main()

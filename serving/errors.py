@@ -1,0 +1,79 @@
+"""Serving errors. The app's one exception handler maps each type to an HTTP status."""
+
+from __future__ import annotations
+
+from contracts import StreamrlError
+
+
+class ServingError(StreamrlError):
+    """Base of serving errors."""
+
+    status_code = 500
+
+
+class NoModelError(ServingError):
+    """No model is loaded yet: nothing is deployed, or the deployed one failed to load."""
+
+    status_code = 503
+
+    def __init__(self, registry_root: str, reason: str) -> None:
+        self.registry_root = registry_root
+        self.reason = reason
+        super().__init__(
+            f"no model is loaded from registry {registry_root!r} ({reason}); "
+            "deploy one with `streamrl deploy VERSION` and retry"
+        )
+
+
+class UnknownActionError(ServingError):
+    """The request names actions the loaded model cannot score."""
+
+    status_code = 422
+
+    def __init__(self, unknown: list[str], known: list[str], model_version: str, where: str) -> None:
+        self.unknown = unknown
+        self.known = known
+        self.model_version = model_version
+        self.where = where
+        super().__init__(
+            f"{where}: possible_actions {unknown} are unknown to model {model_version!r}; "
+            f"it knows {known}. Send only known actions (or deploy a model trained on them)"
+        )
+
+
+class BatchTooLargeError(ServingError):
+    """A batch holds more requests than `ServingConfig.max_batch`."""
+
+    status_code = 422
+
+    def __init__(self, size: int, max_batch: int) -> None:
+        self.size = size
+        self.max_batch = max_batch
+        super().__init__(
+            f"requests has {size} items; at most max_batch={max_batch} per call. Split the batch"
+        )
+
+
+class ModelLoadError(ServingError):
+    """A deployed model could not be loaded or failed its probe inference (serving keeps the old one)."""
+
+    def __init__(self, version: str, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(f"model {version!r} could not be loaded: {reason}")
+
+
+class ModelOutputError(ServingError):
+    """The model answered a non-finite distribution (e.g. features overflowing float32): no decision."""
+
+    def __init__(self, version: str, request_ids: list[str]) -> None:
+        self.version = version
+        self.request_ids = request_ids
+        super().__init__(
+            f"model {version!r} produced non-finite action probabilities for requests {request_ids[:10]}; "
+            "check those requests' feature values (out-of-range numbers?) and the model's normalization"
+        )
+
+
+class ServingStartupError(ServingError):
+    """A dependency the server needs (broker, feature store) could not be set up at startup."""

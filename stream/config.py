@@ -1,0 +1,45 @@
+"""Configuration of the timeline job (the `stream` section of an environment's YAML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StreamConfig(BaseModel):
+    """Where the timeline job writes and how it attributes rewards and closes MDPs.
+
+    Time windows: a reward is attributed to a decision when its timestamp is at most
+    `attribution_window_s` after the decision's. An MDP is closed (emitted as timeline rows) once
+    `attribution_window_s + mdp_idle_timeout_s` of processing time has passed since its last
+    decision arrived; decisions arriving for it afterwards are dead-lettered as late.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    output_dir: Path
+    checkpoint_dir: Path
+    attribution_window_s: float = Field(default=3600.0, gt=0)
+    mdp_idle_timeout_s: float = Field(default=1800.0, gt=0)
+    trigger_interval_s: float = Field(default=10.0, gt=0)
+    max_rows_per_batch: int | None = Field(default=None, gt=0)
+    max_mdp_length: int | None = Field(
+        default=None, gt=0, description="MDPs with more steps are outliers and are not emitted"
+    )
+    closed_mdp_retention_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="how long closed MDP ids are remembered to dead-letter late decisions",
+    )
+
+    @property
+    def attribution_window_ms(self) -> int:
+        return round(self.attribution_window_s * 1000)
+
+    @property
+    def close_after_ms(self) -> int:
+        """Processing time after an MDP's last decision arrival before it is closed."""
+        return round((self.attribution_window_s + self.mdp_idle_timeout_s) * 1000)

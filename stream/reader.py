@@ -1,0 +1,74 @@
+"""Read timeline parquet back as pandas, with the column types the later stages expect."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from contracts import StreamrlError
+from stream._layout import TIMELINE_COLUMNS, timelines_path
+
+_MAP_COLUMNS = ("state_features", "metrics", "next_state_features")
+_LIST_COLUMNS = ("possible_actions", "possible_next_actions")
+_PARTITIONING = pads.partitioning(pa.schema([("ds", pa.string()), ("batch_id", pa.int64())]), flavor="hive")
+
+
+class TimelineReadError(StreamrlError):
+    """Timelines could not be read from the output directory."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None:
+        raise TimelineReadError(f"{name}={value!r} must be timezone-aware UTC", path=Path("."))
+    return value.astimezone(UTC)
+
+
+def load_timelines(
+    output_dir: str | Path, start: datetime | None = None, end: datetime | None = None
+) -> pd.DataFrame:
+    """Timeline rows with decision time in [start, end), ordered by mdp_id and sequence_number.
+
+    Maps come back as `dict[str, float]` and lists as `list[str]`; an empty frame with the right
+    columns when nothing has been written yet.
+    """
+    root = timelines_path(Path(output_dir))
+    if not root.exists():
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in TIMELINE_COLUMNS})
+    try:
+        dataset = pads.dataset(
+            str(root), format="parquet", partitioning=_PARTITIONING, exclude_invalid_files=True
+        )
+        condition = None
+        if start is not None:
+            start = _utc(start, "start")
+            condition = (pads.field("ds") >= start.strftime("%Y-%m-%d")) & (
+                pads.field("timestamp") >= pa.scalar(start, pa.timestamp("us", tz="UTC"))
+            )
+        if end is not None:
+            end = _utc(end, "end")
+            upper = (pads.field("ds") <= end.strftime("%Y-%m-%d")) & (
+                pads.field("timestamp") < pa.scalar(end, pa.timestamp("us", tz="UTC"))
+            )
+            condition = upper if condition is None else condition & upper
+        table = dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise TimelineReadError(f"cannot read timelines under {root}: {exc}", path=root) from exc
+    frame = table.to_pandas()
+    for name in _MAP_COLUMNS:
+        frame[name] = [dict(items) if items is not None else {} for items in frame[name]]
+    for name in _LIST_COLUMNS:
+        frame[name] = [list(items) if items is not None else [] for items in frame[name]]
+    frame["next_action"] = frame["next_action"].astype(object).where(frame["next_action"].notna(), None)
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    for name in ("sequence_number", "sequence_number_ordinal", "time_diff", "time_since_first"):
+        frame[name] = frame[name].astype("int64")
+    frame["ds"] = frame["ds"].astype(str)
+    return frame.sort_values(["mdp_id", "sequence_number"], kind="stable").reset_index(drop=True)

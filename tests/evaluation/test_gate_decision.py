@@ -1,0 +1,105 @@
+"""gate_model: approve only with a confident, finite, well-supported, stable DR estimate."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from evaluation import CpeReport, Estimate, GateConfig, RewardModelFit, gate_model
+
+
+def _report(
+    normalized_low: float = 1.05,
+    value: float = 2.2,
+    ess: float = 5_000.0,
+    reliable: bool = True,
+    version: str = "m0002-aaaaaaaa",
+) -> CpeReport:
+    dr = Estimate(
+        estimator="dr",
+        value=value,
+        normalized=value / 2.0,
+        ci_low=value - 0.1,
+        ci_high=value + 0.1,
+        normalized_ci_low=normalized_low,
+        normalized_ci_high=value / 2.0 + 0.1,
+        confidence=0.95,
+        bootstrap_samples=200,
+        n=10_000,
+        logged_value=2.0,
+        effective_sample_size=ess,
+        min_propensity=0.2,
+        max_propensity=0.6,
+        max_weight=4.0,
+    )
+    return CpeReport(
+        model_version=version,
+        logged_policy_versions=["m0001-bbbbbbbb"],
+        n_decisions=10_000,
+        n_episodes=10_000,
+        logged_value=2.0,
+        logged_episode_value=2.0,
+        gamma=0.9,
+        estimates={"dr": dr},
+        reward_model=RewardModelFit(
+            model_type="ridge", folds=2, n_rows=10_000, rmse=0.3, r2=0.6, rows_per_action={}
+        ),
+        reliable=reliable,
+        warnings=[] if reliable else ["only 10 decisions, fewer than min_rows=1000"],
+        verdict="test",
+    )
+
+
+def test_approves_a_confident_improvement() -> None:
+    decision = gate_model(_report(), None, GateConfig())
+    assert decision.approved, decision.reasons
+    assert decision.reasons == []
+    assert decision.checked["dr_normalized_ci_low"] == 1.05
+
+
+def test_rejects_lower_bound_below_threshold() -> None:
+    decision = gate_model(_report(normalized_low=0.98), None, GateConfig(threshold=1.0))
+    assert not decision.approved
+    assert "normalized DR lower bound 0.9800 is below the threshold 1.0000" in decision.reasons[0]
+    assert gate_model(_report(normalized_low=0.98), None, GateConfig(threshold=0.95)).approved
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_rejects_non_finite_values(bad: float) -> None:
+    decision = gate_model(_report(normalized_low=bad), None, GateConfig())
+    assert not decision.approved
+    assert "non-finite" in decision.reasons[0]
+
+
+def test_rejects_low_effective_sample_size() -> None:
+    decision = gate_model(_report(ess=40.0), None, GateConfig(min_effective_sample_size=100))
+    assert not decision.approved
+    assert decision.reasons == [
+        "effective sample size 40.0 is below the minimum 100.0: the new policy is too far from the "
+        "logged one for the data to judge it"
+    ]
+
+
+def test_rejects_unreliable_report() -> None:
+    decision = gate_model(_report(reliable=False), None, GateConfig())
+    assert not decision.approved
+    assert "unreliable: only 10 decisions" in decision.reasons[0]
+
+
+def test_swing_against_previous_report() -> None:
+    previous = _report(value=2.0, version="m0001-bbbbbbbb")
+    config = GateConfig(max_swing=0.2)
+    jumped = gate_model(_report(value=3.0), previous, config)  # +50 %
+    assert not jumped.approved
+    assert "relative change of 0.500 > max_swing 0.200" in jumped.reasons[0]
+    assert jumped.checked["swing"] == pytest.approx(0.5)
+    assert gate_model(_report(value=2.2), previous, config).approved  # +10 %
+    assert gate_model(_report(value=3.0), previous, GateConfig()).approved  # swing not configured
+    assert gate_model(_report(value=3.0), None, config).approved  # nothing to compare to
+
+
+def test_decision_round_trips_as_json() -> None:
+    decision = gate_model(_report(normalized_low=math.nan), None, GateConfig())
+    again = type(decision).model_validate_json(decision.model_dump_json())
+    assert again.approved is False and math.isnan(again.checked["dr_normalized_ci_low"])

@@ -1,0 +1,75 @@
+"""Test helpers shared by every area (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+
+from infra.stack_config import StackConfig
+
+
+def consume_all(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> list[ConsumerRecord]:
+    """Every record in `topic` from the beginning, without a consumer group.
+
+    Stops when each partition's position reaches the high watermark reported by fetch responses
+    (Tansu's ListOffsets end offsets are wrong, so `end_offsets` is never used). Records come back
+    ordered by (partition, offset). Raises TimeoutError if the topic is unknown or reading stalls.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+        request_timeout_ms=5000,
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic!r} not found on {bootstrap_servers} within {timeout_s} s")
+            time.sleep(0.1)
+            partitions = consumer.partitions_for_topic(topic)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        records: list[ConsumerRecord] = []
+        done: set[TopicPartition] = set()
+        while len(done) < len(assigned):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"reading {topic!r} did not reach the high watermark of partitions "
+                    f"{sorted(tp.partition for tp in set(assigned) - done)} within {timeout_s} s "
+                    f"({len(records)} records read)"
+                )
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            for tp in assigned:
+                watermark = consumer.highwater(tp)  # from the last fetch response; None before one
+                if watermark is not None and consumer.position(tp) >= watermark:
+                    done.add(tp)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS says is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def stack_config_on_free_ports(state_dir: Path, **overrides: object) -> StackConfig:
+    """A `StackConfig` with OS-chosen broker and Redis ports and its state under `state_dir`."""
+    values: dict[str, object] = {
+        "broker_port": free_port(),
+        "redis_port": free_port(),
+        "state_dir": state_dir,
+    }
+    values.update(overrides)
+    return StackConfig.model_validate(values)

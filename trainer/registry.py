@@ -1,0 +1,293 @@
+"""A local model registry: versioned ONNX + metadata folders and one atomically moved deploy pointer.
+
+Layout under `root`:
+  models/<version>/model.onnx      the graph (written first)
+  models/<version>/metadata.json   `ModelMetadata` (written last: a version without it is incomplete)
+  deployed.json                    `DeploymentState`: current version + history, replaced atomically
+Serving watches `deployed.json`; evaluation moves it through `deploy` / `rollback`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import onnxruntime as ort
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trainer.artifact import DataRange, ModelMetadata
+from trainer.errors import CorruptModelError, RegistryError
+from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
+
+_VERSION_RE = re.compile(r"^m(\d{4,})-([0-9a-f]{8})$")
+_METADATA_FILE = "metadata.json"
+_POINTER_FILE = "deployed.json"
+
+
+class DeploymentKind(StrEnum):
+    DEPLOY = "deploy"
+    ROLLBACK = "rollback"
+
+
+class DeploymentEvent(BaseModel):
+    """One move of the deploy pointer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: DeploymentKind
+    version: str
+    previous: str | None
+    at: datetime
+    reason: str
+
+
+class DeploymentState(BaseModel):
+    """Contents of `deployed.json`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = 1
+    current: str | None = None
+    history: list[DeploymentEvent] = Field(default_factory=list)
+
+    def deploy_stack(self) -> list[str]:
+        """Versions in deploy order with rolled-back ones removed; the last one is current."""
+        stack: list[str] = []
+        for event in self.history:
+            if event.kind is DeploymentKind.DEPLOY:
+                stack.append(event.version)
+            elif stack:
+                stack.pop()
+        return stack
+
+
+class ModelRegistry:
+    """Register, verify, deploy and roll back models stored under one directory."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+        self.models_dir = self.root / "models"
+        self.pointer_path = self.root / _POINTER_FILE
+
+    def register(
+        self,
+        onnx: bytes | Path | str,
+        *,
+        feature_names: list[str],
+        actions: list[str],
+        algorithm: str,
+        algorithm_config: dict[str, Any] | None = None,
+        exploration: ExplorationConfig | None = None,
+        normalization_spec_version: str | None = None,
+        normalization_spec_sha256: str | None = None,
+        data_range: DataRange | None = None,
+        training_metrics: dict[str, float] | None = None,
+        code_version: str = "unknown",
+    ) -> ModelMetadata:
+        """Store a model under a new version `mNNNN-<sha8>`; refuses a graph onnxruntime cannot load."""
+        onnx_bytes = onnx if isinstance(onnx, bytes) else Path(onnx).read_bytes()
+        sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+        _load_session(onnx_bytes, version="<unregistered>", path="<bytes>")
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        directory, version = self._claim_version_dir(sha256)
+        metadata = ModelMetadata(
+            version=version,
+            created_at=datetime.now(UTC),
+            algorithm=algorithm,
+            algorithm_config=algorithm_config or {},
+            onnx_sha256=sha256,
+            feature_names=feature_names,
+            actions=actions,
+            exploration=exploration or EpsilonGreedyExploration(),
+            normalization_spec_version=normalization_spec_version,
+            normalization_spec_sha256=normalization_spec_sha256,
+            data_range=data_range or DataRange(),
+            training_metrics=training_metrics or {},
+            code_version=code_version,
+        )
+        _atomic_write(directory / metadata.onnx_file, onnx_bytes)
+        _atomic_write(directory / _METADATA_FILE, metadata.model_dump_json(indent=2).encode("utf-8"))
+        return metadata
+
+    def list_versions(self) -> list[str]:
+        """Complete versions (metadata written), oldest first."""
+        if not self.models_dir.is_dir():
+            return []
+        versions = [
+            d.name
+            for d in self.models_dir.iterdir()
+            if _VERSION_RE.match(d.name) and (d / _METADATA_FILE).is_file()
+        ]
+        return sorted(versions, key=lambda v: int(_VERSION_RE.match(v).group(1)))
+
+    def metadata(self, version: str) -> ModelMetadata:
+        """Read a version's metadata without verifying its graph (cheap; for listings)."""
+        path = self.models_dir / version / _METADATA_FILE
+        if not path.is_file():
+            raise RegistryError(
+                f"model version {version!r} is not in the registry at {self.root} "
+                f"(known: {self.list_versions()[-5:]})",
+                version=version,
+            )
+        try:
+            return ModelMetadata.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            raise CorruptModelError(
+                f"metadata of model {version!r} at {path} is not valid ModelMetadata: {exc.errors()[:3]}; "
+                "re-register the model",
+                version=version,
+                path=str(path),
+            ) from exc
+
+    def get(self, version: str) -> tuple[Path, ModelMetadata]:
+        """Path and metadata of a version, after checking its sha256 and that onnxruntime loads it."""
+        metadata = self.metadata(version)
+        path = self.models_dir / version / metadata.onnx_file
+        try:
+            onnx_bytes = path.read_bytes()
+        except OSError as exc:
+            raise CorruptModelError(
+                f"model {version!r}: cannot read {path} ({exc}); re-register the model",
+                version=version,
+                path=str(path),
+            ) from exc
+        actual = hashlib.sha256(onnx_bytes).hexdigest()
+        if actual != metadata.onnx_sha256:
+            raise CorruptModelError(
+                f"model {version!r}: {path} has sha256 {actual[:16]}…, metadata says "
+                f"{metadata.onnx_sha256[:16]}…; the file was modified or damaged — re-register it",
+                version=version,
+                path=str(path),
+            )
+        session = _load_session(onnx_bytes, version=version, path=str(path))
+        names = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+        if names != (metadata.input_names, metadata.output_names):
+            raise CorruptModelError(
+                f"model {version!r}: graph inputs/outputs {names} differ from metadata "
+                f"{(metadata.input_names, metadata.output_names)}",
+                version=version,
+                path=str(path),
+            )
+        return path, metadata
+
+    def deployed(self) -> str | None:
+        """The currently deployed version, or None if nothing was ever deployed."""
+        return self.deployment_state().current
+
+    def deployment_state(self) -> DeploymentState:
+        """Contents of `deployed.json` (an empty state if it does not exist yet)."""
+        try:
+            text = self.pointer_path.read_bytes()
+        except FileNotFoundError:
+            return DeploymentState()
+        try:
+            return DeploymentState.model_validate_json(text)
+        except ValidationError as exc:
+            raise RegistryError(
+                f"deploy pointer {self.pointer_path} is not a valid DeploymentState: {exc.errors()[:3]}; "
+                "restore it from backup or redeploy a version"
+            ) from exc
+
+    def deploy(self, version: str, reason: str) -> DeploymentState:
+        """Point `deployed.json` at `version` after verifying it; a corrupt model leaves it unchanged."""
+        self.get(version)
+        with self._locked():
+            state = self.deployment_state()
+            event = DeploymentEvent(
+                kind=DeploymentKind.DEPLOY,
+                version=version,
+                previous=state.current,
+                at=datetime.now(UTC),
+                reason=reason,
+            )
+            return self._write_state(DeploymentState(current=version, history=[*state.history, event]))
+
+    def rollback(self, reason: str) -> str:
+        """Return to the version deployed before the current one; returns that version."""
+        with self._locked():
+            state = self.deployment_state()
+            stack = state.deploy_stack()
+            if len(stack) < 2:
+                raise RegistryError(
+                    f"nothing to roll back to in {self.root}: deployed history is {stack or 'empty'}; "
+                    "deploy a known-good version explicitly instead"
+                )
+            target = stack[-2]
+            self.get(target)
+            event = DeploymentEvent(
+                kind=DeploymentKind.ROLLBACK,
+                version=target,
+                previous=state.current,
+                at=datetime.now(UTC),
+                reason=reason,
+            )
+            self._write_state(DeploymentState(current=target, history=[*state.history, event]))
+            return target
+
+    def _claim_version_dir(self, sha256: str) -> tuple[Path, str]:
+        """Create the next numbered version folder; mkdir is atomic, so concurrent registers differ."""
+        existing = [int(m.group(1)) for d in self.models_dir.iterdir() if (m := _VERSION_RE.match(d.name))]
+        number = max(existing, default=0) + 1
+        while True:
+            version = f"m{number:04d}-{sha256[:8]}"
+            directory = self.models_dir / version
+            try:
+                directory.mkdir()
+                return directory, version
+            except FileExistsError:
+                number += 1
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".deploy.lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _write_state(self, state: DeploymentState) -> DeploymentState:
+        _atomic_write(self.pointer_path, state.model_dump_json(indent=2).encode("utf-8"))
+        return state
+
+
+def _load_session(onnx_bytes: bytes, *, version: str, path: str) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(onnx_bytes, _single_thread(), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several unrelated types for a bad graph
+        raise CorruptModelError(
+            f"model {version!r}: onnxruntime cannot load {path}: {exc}; re-export and re-register it",
+            version=version,
+            path=path,
+        ) from exc
+
+
+def _atomic_write(target: Path, payload: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def _single_thread() -> ort.SessionOptions:
+    """Verification sessions are short-lived: one thread avoids oversubscribing shared CPUs."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return options
