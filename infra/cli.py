@@ -26,6 +26,12 @@ class Command(Protocol):
 # name -> (module, one-line help). Modules are imported lazily: `streamrl stack up` never imports torch.
 COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("infra.commands.stack", "start, stop or inspect the local stack (Kafka broker, Redis, S3)"),
+    "demo": ("infra.commands.demo", "run the whole loop on the local stack with the simulated app"),
+    "stream": ("infra.commands.stream", "run the Spark timeline job"),
+    "serve": ("infra.commands.serve", "run the HTTP action service"),
+    "monitor": ("infra.commands.monitor", "show live metrics per model version (--worker runs the agents)"),
+    "refresh": ("infra.commands.refresh", "train, evaluate, gate and deploy a new model (nightly)"),
+    "rollback": ("infra.commands.rollback", "restore the previously deployed model"),
 }
 
 

@@ -7,17 +7,18 @@ paths under the run directory — so stages never read global settings.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from apps.notifications import NotificationSimConfig
+from apps.notifications import FEATURE_NAMES, NotificationSimConfig
 from contracts import DEFAULT_TOPICS, StreamrlError, Topics
 from evaluation.config import EvaluationConfig
 from features.identify import NormalizationConfig
-from infra.stack_config import StackConfig
+from infra.stack_config import ENV_PREFIX, StackConfig
 from trainer.config import DqnConfig
 from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
 
@@ -50,6 +51,7 @@ class StreamSection(_Section):
 
 class FeatureStoreSection(_Section):
     project: str = Field("streamrl", pattern=r"^[a-z][a-z0-9_]*$")
+    feature_names: list[str] = Field(default_factory=lambda: list(FEATURE_NAMES), min_length=1)
     ttl_s: int = Field(7 * 24 * 3600, gt=0)
 
 
@@ -105,6 +107,8 @@ def load_model(path: Path, model: type[M], *, overrides: dict[str, Any] | None =
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(data).__name__}", path=path)
     data = _deep_merge(data, overrides or {})
+    if model is StreamrlConfig:
+        data = _deep_merge(data, {"stack": _stack_environment()})
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -121,6 +125,12 @@ def load_model(path: Path, model: type[M], *, overrides: dict[str, Any] | None =
 def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> StreamrlConfig:
     """Load an environment file (default: the packaged local one) with optional overrides."""
     return load_model(path or DEFAULT_CONFIG, StreamrlConfig, overrides=overrides)
+
+
+def _stack_environment() -> dict[str, str]:
+    """`STREAMRL_<FIELD>` variables win over the file's `stack:` section (e.g. STREAMRL_BROKER_PORT)."""
+    names = (name for name in StackConfig.model_fields if name != "schema_version")
+    return {name: os.environ[ENV_PREFIX + name.upper()] for name in names if ENV_PREFIX + name.upper() in os.environ}
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,7 @@ def create_app(config: MonitoringConfig) -> faust.App:
         broker_heartbeat_interval=2,
         broker_max_poll_interval=10,
         consumer_auto_offset_reset="earliest",
+        producer_linger=0.005,
         web_enabled=True,
         web_bind="127.0.0.1",
         web_port=config.web_port,
@@ -192,12 +193,24 @@ def create_app(config: MonitoringConfig) -> faust.App:
                 if known is not None and now_s - known["seen_at_s"] >= config.request_ttl_s:
                     del request_versions[request_id]
 
+    # Parsing the stored JSON on every event dominates the cost; keep the parsed state while the
+    # table still holds the very object we stored (recovery or another writer replaces it).
+    parsed: dict[str, tuple[Any, VersionWindows]] = {}
+
+    def load_state(model_version: str) -> VersionWindows | None:
+        stored = version_windows.get(model_version)
+        if stored is None:
+            return None
+        cached = parsed.get(model_version)
+        if cached is not None and cached[0] is stored:
+            return cached[1]
+        return VersionWindows.model_validate(stored)
+
     @app.agent(by_version, name=f"{app_id}-aggregate")
     async def aggregate(stream: faust.StreamT) -> None:
         async for item in stream:
             model_version, now = item["model_version"], datetime.now(UTC)
-            stored = version_windows.get(model_version)
-            state = VersionWindows.model_validate(stored) if stored is not None else None
+            state = load_state(model_version)
             if state is None or state.window_s != config.window_s:
                 state = VersionWindows(model_version=model_version, window_s=config.window_s)
             kind = item["kind"]
@@ -213,7 +226,9 @@ def create_app(config: MonitoringConfig) -> faust.App:
                 for window in state.close_due(now, config):
                     await metrics_topic.send(key=model_version.encode(), value=window.to_json_bytes())
                     stats.windows_emitted += 1
-            version_windows[model_version] = state.model_dump(mode="json")
+            stored = state.model_dump(mode="json")
+            version_windows[model_version] = stored
+            parsed[model_version] = (stored, state)
 
     last_request_scan_s = 0.0
 
@@ -222,9 +237,11 @@ def create_app(config: MonitoringConfig) -> faust.App:
         nonlocal last_request_scan_s
         now_s = time.time()
         now = datetime.fromtimestamp(now_s, UTC)
-        for model_version, stored in list(version_windows.items()):
-            state = VersionWindows.model_validate(stored)
-            if state.has_due(now, config.allowed_lateness_s) or state.has_expired(now, config.retention_s):
+        for model_version in list(version_windows.keys()):
+            state = load_state(model_version)
+            if state is not None and (
+                state.has_due(now, config.allowed_lateness_s) or state.has_expired(now, config.retention_s)
+            ):
                 await by_version.send(
                     key=model_version, value={"kind": "tick", "model_version": model_version}
                 )

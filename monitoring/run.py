@@ -1,6 +1,6 @@
 """Run the monitoring worker, and read its `metrics` topic back for the live view.
 
-`python -m monitoring.run --config monitor.json` runs a worker from a `MonitoringConfig` JSON
+`python -m monitoring --config monitor.json` runs a worker from a `MonitoringConfig` JSON
 file; `streamrl monitor` launches that in a subprocess and stops it with SIGTERM.
 """
 
@@ -164,12 +164,8 @@ def format_metrics_table(windows: Iterable[MetricsWindow]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m monitoring.run --config FILE`."""
+    """Entry point of `python -m monitoring --config FILE`."""
     parser = argparse.ArgumentParser(description="Run the streamrl monitoring worker.")
     parser.add_argument("--config", type=Path, required=True, help="MonitoringConfig JSON file")
     args = parser.parse_args(argv)
     run_monitor(load_config(args.config))
-
-
-if __name__ == "__main__":
-    main()

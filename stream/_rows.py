@@ -12,7 +12,7 @@ them apart), so one batch is a few Spark jobs: two grouped Arrow passes and the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -73,14 +73,35 @@ def _clear(row: dict[str, Any], *names: str) -> dict[str, Any]:
     return {**row, **dict.fromkeys(names)}
 
 
+def by_key(
+    key: str, group_fn: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A `mapInArrow` function applying `group_fn` to each `key` group of a partition.
+
+    Used after `repartition(key)` instead of `groupBy(key).applyInArrow`, whose per-group overhead
+    dominated (one Arrow table per group: ~150 rows/s measured with thousands of small groups).
+    """
+
+    def apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        groups: dict[Any, list[dict[str, Any]]] = {}
+        for batch in batches:
+            for row in batch.to_pylist():
+                groups.setdefault(row[key], []).append(row)
+        out: list[dict[str, Any]] = []
+        for rows in groups.values():
+            out.extend(group_fn(rows))
+        yield from _table(out).to_batches(max_chunksize=10_000)
+
+    return apply
+
+
 def make_attribute_rewards(
     clock_ms: int, window_s: float, close_after_ms: int
-) -> Callable[[pa.Table], pa.Table]:
+) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Per request_id group of decision and reward rows (see module docstring)."""
     window = timedelta(seconds=window_s)
 
-    def attribute_rewards(group: pa.Table) -> pa.Table:
-        rows = group.to_pylist()
+    def attribute_rewards(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         decisions = sorted((r for r in rows if r["kind"] == KIND_DECISION), key=_first_seen)
         rewards = [r for r in rows if r["kind"] == KIND_REWARD]
         out: list[dict[str, Any]] = []
@@ -94,7 +115,7 @@ def make_attribute_rewards(
                     out.append({**r, "kind": KIND_DEAD, "reason": reason})
                 else:
                     out.append(_clear(r, "mdp_id", "reason"))
-            return _table(out)
+            return out
         decision = decisions[0]
         deadline = decision["timestamp"] + window
         total, count, metrics = 0.0, 0, {}
@@ -113,7 +134,7 @@ def make_attribute_rewards(
                 out.append({**r, "mdp_id": decision["mdp_id"], "reason": reason})
         for d in decisions:
             out.append({**d, "reward": total, "n_rewards": count, "metrics": list(metrics.items())})
-        return _table(out)
+        return out
 
     return attribute_rewards
 
@@ -144,11 +165,10 @@ def _timeline_rows(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def make_close_mdps(
     clock_ms: int, close_after_ms: int, max_mdp_length: int | None
-) -> Callable[[pa.Table], pa.Table]:
+) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Per mdp_id group of attributed decision and reward rows (see module docstring)."""
 
-    def close_mdps(group: pa.Table) -> pa.Table:
-        rows = group.to_pylist()
+    def close_mdps(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         unique: dict[int, dict[str, Any]] = {}
         for d in sorted((r for r in rows if r["kind"] == KIND_DECISION), key=_first_seen):
             unique.setdefault(d["sequence_number"], d)  # duplicates collapse to the first seen
@@ -156,12 +176,12 @@ def make_close_mdps(
         last_arrival = max(d["arrival_clock_ms"] for d in unique.values())
         if last_arrival + close_after_ms > clock_ms:
             kept = [_clear(d, "reward", "n_rewards", "metrics") for d in unique.values()]
-            return _table(kept + [_clear(r, "reason") for r in rewards])
+            return kept + [_clear(r, "reason") for r in rewards]
         steps = sorted(unique.values(), key=lambda d: d["sequence_number"])
         out = [{**r, "kind": KIND_DEAD} for r in rewards if r["reason"]]
         out.append({"kind": KIND_CLOSED, "mdp_id": steps[0]["mdp_id"], "closed_clock_ms": clock_ms})
         if max_mdp_length is None or len(steps) <= max_mdp_length:
             out.extend(_timeline_rows(steps))
-        return _table(out)
+        return out
 
     return close_mdps

@@ -31,6 +31,17 @@ def _utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
+def _timestamp_scalar(value: datetime, stored: pa.DataType) -> pa.Scalar:
+    """A filter bound in the file's own timestamp type.
+
+    Spark writes INT96 timestamps, which Arrow reads as zone-less nanoseconds holding UTC
+    instants; comparing them with a zone-aware scalar is not defined, so the bound matches.
+    """
+    if getattr(stored, "tz", None) is None:
+        return pa.scalar(value.astimezone(UTC).replace(tzinfo=None), stored)
+    return pa.scalar(value, stored)
+
+
 def load_timelines(
     output_dir: str | Path, start: datetime | None = None, end: datetime | None = None
 ) -> pd.DataFrame:
@@ -40,22 +51,26 @@ def load_timelines(
     columns when nothing has been written yet.
     """
     root = timelines_path(Path(output_dir))
-    if not root.exists():
-        return pd.DataFrame({name: pd.Series(dtype=object) for name in TIMELINE_COLUMNS})
+    empty = pd.DataFrame({name: pd.Series(dtype=object) for name in TIMELINE_COLUMNS})
+    # Only committed files: Spark stages new ones under dot-directories, which pyarrow would list.
+    files = sorted(str(f) for f in root.glob("ds=*/batch_id=*/*.parquet"))
+    if not files:
+        return empty
     try:
         dataset = pads.dataset(
-            str(root), format="parquet", partitioning=_PARTITIONING, exclude_invalid_files=True
+            files, format="parquet", partitioning=_PARTITIONING, partition_base_dir=str(root)
         )
         condition = None
+        stored = dataset.schema.field("timestamp").type
         if start is not None:
             start = _utc(start, "start")
             condition = (pads.field("ds") >= start.strftime("%Y-%m-%d")) & (
-                pads.field("timestamp") >= pa.scalar(start, pa.timestamp("us", tz="UTC"))
+                pads.field("timestamp") >= _timestamp_scalar(start, stored)
             )
         if end is not None:
             end = _utc(end, "end")
             upper = (pads.field("ds") <= end.strftime("%Y-%m-%d")) & (
-                pads.field("timestamp") < pa.scalar(end, pa.timestamp("us", tz="UTC"))
+                pads.field("timestamp") < _timestamp_scalar(end, stored)
             )
             condition = upper if condition is None else condition & upper
         table = dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)

@@ -30,6 +30,7 @@ from stream._rows import (
     REASON_LATE_DECISION,
     ROW_SCHEMA,
     STATE_KINDS,
+    by_key,
     make_attribute_rewards,
     make_close_mdps,
 )
@@ -124,14 +125,16 @@ class TimelineBatchProcessor:
             .unionByName(new_decisions.join(closed_ids, "mdp_id", "left_anti").select(*ROW_SCHEMA.names))
             .unionByName(new.filter(F.col("kind") == KIND_REWARD))
         )
-        attributed = events.groupBy("request_id").applyInArrow(
-            make_attribute_rewards(clock_ms, config.attribution_window_s, config.close_after_ms), ROW_SCHEMA
-        )
+        attribute = make_attribute_rewards(clock_ms, config.attribution_window_s, config.close_after_ms)
+        attributed = events.repartition("request_id").mapInArrow(by_key("request_id", attribute), ROW_SCHEMA)
         in_mdp = (F.col("kind") != KIND_DEAD) & F.col("mdp_id").isNotNull()
         closed_now = (
             attributed.filter(in_mdp)
-            .groupBy("mdp_id")
-            .applyInArrow(make_close_mdps(clock_ms, config.close_after_ms, config.max_mdp_length), ROW_SCHEMA)
+            .repartition("mdp_id")
+            .mapInArrow(
+                by_key("mdp_id", make_close_mdps(clock_ms, config.close_after_ms, config.max_mdp_length)),
+                ROW_SCHEMA,
+            )
         )
         out = (
             closed_now.unionByName(attributed.filter(~in_mdp))

@@ -49,7 +49,7 @@ class Worker:
         self.config = config
         self.log = (tmp_path / "worker.log").open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitoring.run", "--config", str(path)],
+            [sys.executable, "-m", "monitoring", "--config", str(path)],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

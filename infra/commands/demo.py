@@ -1,0 +1,32 @@
+"""`streamrl demo`: start the local stack and run the whole loop for N simulated days."""
+
+from __future__ import annotations
+
+import argparse
+
+from infra.commands._common import add_environment_arguments
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run the full loop on the embedded local stack with the simulated app."
+    )
+    add_environment_arguments(parser)
+    parser.add_argument("--days", type=int, default=None, help="simulated days (default: the config's demo.days)")
+    parser.add_argument("--users", type=int, default=None, help="simulated users (default: the config's)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.config import load_config
+    from infra.demo import run_demo
+    from infra.environment import Environment
+
+    overrides: dict = {"demo": {}}
+    if args.days is not None:
+        overrides["demo"]["days"] = args.days
+    if args.users is not None:
+        overrides["demo"]["simulator"] = {"n_users": args.users}
+    config = load_config(args.config, overrides=overrides)
+    run_demo(Environment.from_config(config, args.run_dir))
+    return 0

@@ -1,0 +1,39 @@
+"""`streamrl monitor`: live per-model-version metrics; `--worker` runs the faust worker itself."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from infra.commands._common import add_environment_arguments, environment_from
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Show streaming metrics per model version.")
+    add_environment_arguments(parser)
+    parser.add_argument("--worker", action="store_true", help="run the faust monitoring worker (blocks)")
+    parser.add_argument("--once", action="store_true", help="print the current table once and exit")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from monitoring.run import format_metrics_table, latest_revisions, run_monitor, tail_metrics
+
+    env = environment_from(args)
+    config = env.monitoring_config()
+    if args.worker:
+        run_monitor(config)
+        return 0
+    topic = env.config.topics.metrics
+    if args.once:
+        print(format_metrics_table(latest_revisions(tail_metrics(env.bootstrap_servers, topic))))
+        return 0
+    seen = []
+    try:
+        for window in tail_metrics(env.bootstrap_servers, topic, follow=True):
+            seen.append(window)
+            print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  metrics topic '{topic}'\n")
+            print(format_metrics_table(latest_revisions(seen)[-30:]), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0

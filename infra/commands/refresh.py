@@ -1,0 +1,50 @@
+"""`streamrl refresh`: the nightly step for a scheduler — train, evaluate, gate, deploy."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime, timedelta
+
+from infra.commands._common import add_environment_arguments, environment_from
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Fit the normalization spec, train a candidate on the timelines, evaluate it on what "
+        "the deployed model logged, and deploy it if the gate approves.",
+    )
+    add_environment_arguments(parser)
+    parser.add_argument("--train-days", type=float, default=7.0, help="train on the last N days of timelines")
+    parser.add_argument("--eval-days", type=float, default=1.0, help="evaluate on the last N days")
+    parser.add_argument("--actions", required=True, help="comma-separated action names, in model order")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.refresh import run_refresh
+    from stream import load_timelines
+    from trainer import ModelRegistry
+
+    env = environment_from(args)
+    now = datetime.now(UTC)
+    output_dir = env.stream_config().output_dir
+    training = load_timelines(output_dir, start=now - timedelta(days=args.train_days))
+    deployed = ModelRegistry(env.registry_dir).deployed()
+    recent = load_timelines(output_dir, start=now - timedelta(days=args.eval_days))
+    evaluation = recent[recent["model_version"] == deployed] if deployed else recent
+    print(f"training on {len(training)} rows; evaluating on {len(evaluation)} rows logged by {deployed}")
+    result = run_refresh(
+        env,
+        training,
+        evaluation,
+        [a.strip() for a in args.actions.split(",") if a.strip()],
+        env.config.demo.learned_exploration,
+        label=now.strftime("%Y%m%dT%H%M%S"),
+    )
+    if result.report is not None:
+        print(result.report.verdict)
+    print(f"candidate {result.candidate.version}: {'deployed' if result.decision.approved else 'rejected'}")
+    for reason in result.decision.reasons:
+        print(f"  - {reason}")
+    return 0

@@ -1,0 +1,49 @@
+"""`streamrl stream`: the Spark Structured Streaming timeline job, until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+from infra.commands._common import add_environment_arguments, environment_from
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Build MDP timelines from the event topics.")
+    add_environment_arguments(parser)
+    parser.add_argument("--master", default="local[2]", help="Spark master (default local[2]; a cluster URL too)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyspark.sql import SparkSession
+
+    from stream import ensure_topics, start_timeline_query
+
+    env = environment_from(args)
+    ensure_topics(env.bootstrap_servers, env.config.topics)
+    spark = (
+        SparkSession.builder.master(args.master)
+        .appName("streamrl-timelines")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    query = start_timeline_query(spark, env.stream_config(), env.bootstrap_servers, env.config.topics)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"timeline job running: output {env.stream_config().output_dir}", flush=True)
+    while not stop.is_set() and query.isActive:
+        stop.wait(1.0)
+    exception = query.exception()
+    query.stop()
+    spark.stop()
+    if exception is not None:
+        print(f"timeline job failed: {exception}", flush=True)
+        return 1
+    return 0

@@ -1,0 +1,294 @@
+"""`streamrl demo`: the whole loop on the embedded local stack, for N simulated days.
+
+Day 0 serves the app's hand-written rule; every night the refresh trains a candidate on all
+timelines so far, evaluates it counterfactually on what the deployed policy logged that day,
+and deploys it only if the gate approves. Serving hot-swaps it before the next day.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from apps.notification_app import DayOutcome, run_day
+from apps.notifications import ACTIONS, NotificationSim
+from apps.rule_policy import register_rule_policy
+from contracts import StreamrlError, Topics
+from evaluation import CpeReport
+from features import NormalizationSpec
+from infra.environment import Environment
+from infra.processes import ManagedProcess, ServiceError, start_process
+from infra.refresh import RefreshResult, run_refresh
+from infra.stack import LocalStack
+from stream import EventLogger, ensure_topics, load_timelines
+from trainer import ModelRegistry
+
+Progress = Callable[[str], None]
+
+
+class DemoError(StreamrlError):
+    """The demo could not complete a day (a service died or timelines never arrived)."""
+
+
+@dataclass(frozen=True)
+class DaySummary:
+    """One row of the demo table; field names are the keys of runs/demo/summary.json."""
+
+    day: int
+    model_version: str  # the model that served this day
+    realized_reward: float  # mean reward per decision it realized
+    logging_reward: float  # the hand-written policy (as deployed on day 0) on the same users, exact
+    oracle_reward: float  # best achievable on the same users, exact
+    gap_closed: float  # (realized − logging) / (oracle − logging)
+    decisions: int
+    timeline_rows: int
+    candidate_version: str  # trained tonight
+    cpe_estimate: float  # candidate's estimated mean reward per decision as served (DR, raw)
+    cpe_ci_low: float
+    cpe_ci_high: float
+    cpe_normalized: float
+    gate: str  # "approved" or "rejected"
+    gate_reasons: list[str]
+
+
+def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary]:
+    """Run `config.demo.days` days end to end; returns (and writes) the per-day summary."""
+    demo = env.config.demo
+    run_id = uuid.uuid4().hex[:8]
+    # Fresh topics per run: the broker may hold a previous run's events.
+    topics = Topics(
+        decisions=f"decisions.{run_id}",
+        rewards=f"rewards.{run_id}",
+        dead_letters=f"dead_letters.{run_id}",
+        metrics=f"metrics.{run_id}",
+    )
+    env = Environment.from_config(env.config.model_copy(update={"topics": topics}), env.run_dir)
+    if env.run_dir.exists():
+        shutil.rmtree(env.run_dir)
+    env.run_dir.mkdir(parents=True)
+    (env.run_dir / "environment.json").write_text(env.config.model_dump_json(indent=2))
+    run_args = ["-m", "infra.cli"]
+    env_args = ["--config", str(env.run_dir / "environment.yaml"), "--run-dir", str(env.run_dir)]
+    _write_yaml(env, env.run_dir / "environment.yaml")
+
+    started = time.monotonic()
+    stack = LocalStack(env.config.stack)
+    was_up = all(s.healthy for s in stack.status())
+    progress(f"[stack] {'already running' if was_up else 'starting'}: broker {stack.bootstrap_servers}, redis {stack.redis_url}")
+    stack.up()
+    processes: list[ManagedProcess] = []
+    stop_ingest = threading.Event()
+    try:
+        ensure_topics(env.bootstrap_servers, topics)
+        from features import build_feature_store, run_online_ingest
+
+        progress("[features] applying the Feast repository (Redis online store, parquet offline store)")
+        build_feature_store(env.feature_store_config())
+        registry = ModelRegistry(env.registry_dir)
+        rule = register_rule_policy(registry, demo.simulator)
+        registry.deploy(rule.version, "day 0: the app's hand-written rule")
+        progress(f"[registry] day-0 policy {rule.version} (hand-written rule, ε={demo.simulator.rule_epsilon})")
+
+        serving = start_process("serving", [*run_args, "serve", *env_args], env.logs_dir / "serving.log")
+        processes.append(serving)
+        stream = start_process("stream", [*run_args, "stream", *env_args], env.logs_dir / "stream.log")
+        processes.append(stream)
+        if env.config.monitoring.enabled:
+            processes.append(
+                start_process("monitor", [*run_args, "monitor", "--worker", *env_args], env.logs_dir / "monitor.log")
+            )
+        ingest = threading.Thread(
+            target=run_online_ingest,
+            args=(env.feature_store_config(), env.bootstrap_servers, topics, stop_ingest),
+            kwargs={"batch_size": 2000},
+            name="feature-ingest",
+            daemon=True,
+        )
+        ingest.start()
+        serving.wait_ready(lambda: _healthy(env.serving_url, rule.version), 120, "GET /healthz serving the rule")
+        progress(f"[serving] {env.serving_url} ready; stream job and monitor starting (logs in {env.logs_dir})")
+
+        sim = NotificationSim(demo.simulator)
+        summaries: list[DaySummary] = []
+        previous_spec: NormalizationSpec | None = None
+        previous_report: CpeReport | None = None
+        with EventLogger(env.bootstrap_servers, topics) as logger:
+            for day in range(demo.days):
+                served_version = registry.deployed() or "?"
+                _wait_serving(env.serving_url, served_version, serving)
+                day_start = pd.Timestamp.now(tz="UTC")
+                progress(f"[day {day}] serving {served_version}: {demo.simulator.n_users} users × "
+                         f"{demo.simulator.slots_per_day} slots")
+                outcome = run_day(sim, day, env.serving_url, logger, batch_size=demo.request_batch_size)
+                progress(f"[day {day}] realized mean reward {outcome.realized_reward:.4f} "
+                         f"(sent {outcome.send_share:.0%}); waiting for the stream to close the day's MDPs")
+                day_rows = _wait_for_timelines(env, outcome, day_start, [stream, serving], demo.timelines_wait_s)
+                training_rows = load_timelines(env.stream_config().output_dir)
+                progress(f"[night {day}] refresh: {len(training_rows)} timeline rows to train on, "
+                         f"{len(day_rows)} logged by {served_version} to evaluate on")
+                result = run_refresh(
+                    env,
+                    training_rows,
+                    day_rows,
+                    ACTIONS,
+                    demo.learned_exploration,
+                    label=f"day{day}",
+                    previous_spec=previous_spec,
+                    previous_report=previous_report,
+                )
+                summary = _summarize(sim, day, outcome, served_version, day_rows, result)
+                summaries.append(summary)
+                _report_night(progress, result, summary)
+                previous_spec = result.spec
+                if result.decision.approved:
+                    previous_report = result.report
+                _write_summary(env, summaries)
+        progress("")
+        progress(format_summary(summaries))
+        progress("")
+        progress(f"summary:      {env.run_dir / 'summary.json'}")
+        progress(f"CPE reports:  {env.reports_dir}/<model>/cpe_report.json, gate.json")
+        progress(f"TensorBoard:  tensorboard --logdir {env.tensorboard_dir}")
+        progress(f"monitoring:   streamrl monitor --once --run-dir {env.run_dir} --config {env.run_dir / 'environment.yaml'}")
+        progress(f"total time {time.monotonic() - started:.0f}s")
+        return summaries
+    finally:
+        stop_ingest.set()
+        for process in reversed(processes):
+            process.stop()
+        if not was_up:
+            stack.down()
+
+
+# --- steps --------------------------------------------------------------------------------------
+def _healthy(url: str, version: str | None = None) -> bool:
+    try:
+        response = httpx.get(f"{url}/healthz", timeout=2.0)
+    except httpx.HTTPError:
+        return False
+    if response.status_code != 200:
+        return False
+    return version is None or response.json().get("model_version") == version
+
+
+def _wait_serving(url: str, version: str, serving: ManagedProcess) -> None:
+    """Serving follows the deploy pointer on its own; wait until it serves `version`."""
+    serving.wait_ready(lambda: _healthy(url, version), 60, f"serving model {version}")
+
+
+def _wait_for_timelines(
+    env: Environment,
+    outcome: DayOutcome,
+    day_start: pd.Timestamp,
+    watched: list[ManagedProcess],
+    timeout_s: float,
+) -> pd.DataFrame:
+    """Poll the timeline table until every decision of the day is there (MDPs closed)."""
+    expected = set(outcome.request_ids)
+    deadline = time.monotonic() + timeout_s
+    rows = pd.DataFrame()
+    while time.monotonic() < deadline:
+        for process in watched:
+            try:
+                process.check_alive()
+            except ServiceError as exc:
+                raise DemoError(str(exc)) from exc
+        try:
+            rows = load_timelines(env.stream_config().output_dir, start=day_start.to_pydatetime())
+        except StreamrlError:
+            rows = pd.DataFrame()
+        if len(rows) and expected.issubset(set(rows["request_id"])):
+            return rows[rows["request_id"].isin(expected)].reset_index(drop=True)
+        time.sleep(2.0)
+    have = len(expected & set(rows["request_id"])) if len(rows) else 0
+    raise DemoError(
+        f"only {have} of {len(expected)} decisions of day {outcome.day.index} reached the timelines within "
+        f"{timeout_s:.0f}s; see {env.logs_dir / 'stream.log'} and {env.logs_dir / 'serving.log'}"
+    )
+
+
+def _summarize(
+    sim: NotificationSim,
+    day: int,
+    outcome: DayOutcome,
+    served_version: str,
+    day_rows: pd.DataFrame,
+    result: RefreshResult,
+) -> DaySummary:
+    logging_reward = sim.policy_value(outcome.day, sim.rule_send_probability)
+    oracle_reward = sim.oracle_value(outcome.day)
+    gap = oracle_reward - logging_reward
+    nan = float("nan")
+    dr = result.report.estimates.get("dr") if result.report is not None else None
+    return DaySummary(
+        day=day,
+        model_version=served_version,
+        realized_reward=outcome.realized_reward,
+        logging_reward=logging_reward,
+        oracle_reward=oracle_reward,
+        gap_closed=(outcome.realized_reward - logging_reward) / gap if gap > 0 else nan,
+        decisions=outcome.decisions,
+        timeline_rows=len(day_rows),
+        candidate_version=result.candidate.version,
+        cpe_estimate=dr.value if dr else nan,
+        cpe_ci_low=dr.ci_low if dr else nan,
+        cpe_ci_high=dr.ci_high if dr else nan,
+        cpe_normalized=dr.normalized if dr else nan,
+        gate="approved" if result.decision.approved else "rejected",
+        gate_reasons=list(result.decision.reasons),
+    )
+
+
+def _report_night(progress: Progress, result: RefreshResult, summary: DaySummary) -> None:
+    if result.spec_diff is not None and result.spec_diff.has_changes:
+        progress(f"    normalization spec changed: {result.spec_diff.summary()}")
+    progress(f"    spec {result.spec.version} -> {result.spec_path}")
+    progress(f"    candidate {summary.candidate_version}: TD loss "
+             f"{result.candidate.training_metrics.get('train/td_loss', float('nan')):.4f}")
+    if result.report is not None:
+        progress(f"    CPE: {result.report.verdict}")
+    progress(f"    gate: {summary.gate}" + (f" ({'; '.join(summary.gate_reasons)})" if summary.gate_reasons else ""))
+
+
+def format_summary(rows: list[DaySummary]) -> str:
+    header = ("day", "served model", "realized", "hand-written", "oracle", "gap closed",
+              "candidate", "CPE estimate [95% CI]", "gate")
+    lines = [header]
+    for r in rows:
+        lines.append((
+            str(r.day), r.model_version, f"{r.realized_reward:.4f}", f"{r.logging_reward:.4f}",
+            f"{r.oracle_reward:.4f}", f"{r.gap_closed:.0%}", r.candidate_version,
+            f"{r.cpe_estimate:.4f} [{r.cpe_ci_low:.4f}, {r.cpe_ci_high:.4f}]", r.gate,
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+
+
+def _write_summary(env: Environment, rows: list[DaySummary]) -> Path:
+    """A JSON list with one object per day (strict JSON: NaN becomes null)."""
+    path = env.run_dir / "summary.json"
+    days = [{"schema_version": 1, **{k: _json_safe(v) for k, v in asdict(r).items()}} for r in rows]
+    path.write_text(json.dumps(days, indent=2, allow_nan=False))
+    return path
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_yaml(env: Environment, path: Path) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(json.loads(env.config.model_dump_json())))

@@ -1,0 +1,77 @@
+"""The nightly refresh: normalization spec → train → export/register → CPE → gate → deploy.
+
+It is an ordinary function over timelines so the demo, the CLI and a scheduler on a real
+cluster all run the same steps; each step's output lands in the run folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from evaluation import CpeReport, GateDecision, evaluate_and_gate
+from features import NormalizationSpec, SpecDiff, diff_specs, fit_normalization, frame_from_feature_maps, save_spec
+from infra.environment import Environment
+from trainer import ModelRegistry
+from trainer.artifact import ModelMetadata
+from trainer.policy import ExplorationConfig
+from trainer.workflow import train_and_register
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    spec: NormalizationSpec
+    spec_path: Path
+    spec_diff: SpecDiff | None
+    candidate: ModelMetadata
+    report: CpeReport | None
+    decision: GateDecision
+    tensorboard_dir: Path
+
+
+def run_refresh(
+    env: Environment,
+    training_rows: pd.DataFrame,
+    evaluation_rows: pd.DataFrame,
+    actions: Sequence[str],
+    exploration: ExplorationConfig,
+    *,
+    label: str,
+    previous_spec: NormalizationSpec | None = None,
+    previous_report: CpeReport | None = None,
+) -> RefreshResult:
+    """Fit the spec on `training_rows`, train a candidate, and gate it on `evaluation_rows`.
+
+    `evaluation_rows` should be what the currently deployed policy logged since the last
+    refresh: CPE compares the candidate with exactly that logging policy.
+    """
+    frame = frame_from_feature_maps(training_rows["state_features"].tolist())
+    spec = fit_normalization(frame, env.config.normalization)
+    spec_diff = diff_specs(previous_spec, spec) if previous_spec is not None else None
+    spec_path = save_spec(spec, env.specs_dir)
+    registry = ModelRegistry(env.registry_dir)
+    log_dir = env.tensorboard_dir / label
+    candidate = train_and_register(
+        training_rows, spec, list(actions), env.config.trainer, registry, log_dir, exploration
+    )
+    report, decision = evaluate_and_gate(
+        evaluation_rows,
+        registry,
+        candidate.version,
+        env.config.evaluation,
+        spec,
+        env.reports_dir,
+        previous_report=previous_report,
+    )
+    return RefreshResult(
+        spec=spec,
+        spec_path=spec_path,
+        spec_diff=spec_diff,
+        candidate=candidate,
+        report=report,
+        decision=decision,
+        tensorboard_dir=log_dir,
+    )
