@@ -64,7 +64,9 @@ def run_day(
                             "entity_id": sim.user_ids[i],
                             "mdp_id": mdp_id_for(sim.user_ids[i], day_index),
                             "sequence_number": slot,
-                            "context_features": dict(zip(FEATURE_NAMES, map(float, features[i]), strict=True)),
+                            "context_features": dict(
+                                zip(FEATURE_NAMES, map(float, features[i]), strict=True)
+                            ),
                             "possible_actions": list(ACTIONS),
                         }
                         for i in range(start, stop)

@@ -133,9 +133,7 @@ class NotificationSim:
         prob = self.engage_probability(slot, send, sent_previous)
         return prob - self.config.cost_per_notification * send
 
-    def draw_rewards(
-        self, day: Day, slot: int, send: np.ndarray, sent_previous: np.ndarray
-    ) -> np.ndarray:
+    def draw_rewards(self, day: Day, slot: int, send: np.ndarray, sent_previous: np.ndarray) -> np.ndarray:
         """Realized rewards for one slot (Bernoulli engagement minus notification cost)."""
         rng = np.random.default_rng((self.config.seed, day.index, 2, slot))
         prob = self.engage_probability(slot, send.astype(float), sent_previous)

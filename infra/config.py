@@ -71,7 +71,9 @@ class MonitoringSection(_Section):
 class DemoSection(_Section):
     days: int = Field(3, ge=1, le=30)
     simulator: NotificationSimConfig = Field(default_factory=NotificationSimConfig)
-    learned_exploration: ExplorationConfig = Field(default_factory=lambda: EpsilonGreedyExploration(epsilon=0.05))
+    learned_exploration: ExplorationConfig = Field(
+        default_factory=lambda: EpsilonGreedyExploration(epsilon=0.05)
+    )
     request_batch_size: int = Field(500, ge=1)
     timelines_wait_s: float = Field(240.0, gt=0, description="how long to wait for a day's timelines")
 
@@ -105,7 +107,9 @@ def load_model(path: Path, model: type[M], *, overrides: dict[str, Any] | None =
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}", path=path) from exc
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top, got {type(data).__name__}", path=path)
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top, got {type(data).__name__}", path=path
+        )
     data = _deep_merge(data, overrides or {})
     if model is StreamrlConfig:
         data = _deep_merge(data, {"stack": _stack_environment()})
@@ -130,7 +134,11 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
 def _stack_environment() -> dict[str, str]:
     """`STREAMRL_<FIELD>` variables win over the file's `stack:` section (e.g. STREAMRL_BROKER_PORT)."""
     names = (name for name in StackConfig.model_fields if name != "schema_version")
-    return {name: os.environ[ENV_PREFIX + name.upper()] for name in names if ENV_PREFIX + name.upper() in os.environ}
+    return {
+        name: os.environ[ENV_PREFIX + name.upper()]
+        for name in names
+        if ENV_PREFIX + name.upper() in os.environ
+    }
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

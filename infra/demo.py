@@ -84,7 +84,9 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
     started = time.monotonic()
     stack = LocalStack(env.config.stack)
     was_up = all(s.healthy for s in stack.status())
-    progress(f"[stack] {'already running' if was_up else 'starting'}: broker {stack.bootstrap_servers}, redis {stack.redis_url}")
+    progress(
+        f"[stack] {'already running' if was_up else 'starting'}: broker {stack.bootstrap_servers}, redis {stack.redis_url}"
+    )
     stack.up()
     processes: list[ManagedProcess] = []
     stop_ingest = threading.Event()
@@ -97,7 +99,9 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
         registry = ModelRegistry(env.registry_dir)
         rule = register_rule_policy(registry, demo.simulator)
         registry.deploy(rule.version, "day 0: the app's hand-written rule")
-        progress(f"[registry] day-0 policy {rule.version} (hand-written rule, ε={demo.simulator.rule_epsilon})")
+        progress(
+            f"[registry] day-0 policy {rule.version} (hand-written rule, ε={demo.simulator.rule_epsilon})"
+        )
 
         serving = start_process("serving", [*run_args, "serve", *env_args], env.logs_dir / "serving.log")
         processes.append(serving)
@@ -105,7 +109,9 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
         processes.append(stream)
         if env.config.monitoring.enabled:
             processes.append(
-                start_process("monitor", [*run_args, "monitor", "--worker", *env_args], env.logs_dir / "monitor.log")
+                start_process(
+                    "monitor", [*run_args, "monitor", "--worker", *env_args], env.logs_dir / "monitor.log"
+                )
             )
         ingest = threading.Thread(
             target=run_online_ingest,
@@ -115,8 +121,12 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
             daemon=True,
         )
         ingest.start()
-        serving.wait_ready(lambda: _healthy(env.serving_url, rule.version), 120, "GET /healthz serving the rule")
-        progress(f"[serving] {env.serving_url} ready; stream job and monitor starting (logs in {env.logs_dir})")
+        serving.wait_ready(
+            lambda: _healthy(env.serving_url, rule.version), 120, "GET /healthz serving the rule"
+        )
+        progress(
+            f"[serving] {env.serving_url} ready; stream job and monitor starting (logs in {env.logs_dir})"
+        )
 
         sim = NotificationSim(demo.simulator)
         summaries: list[DaySummary] = []
@@ -127,15 +137,23 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
                 served_version = registry.deployed() or "?"
                 _wait_serving(env.serving_url, served_version, serving)
                 day_start = pd.Timestamp.now(tz="UTC")
-                progress(f"[day {day}] serving {served_version}: {demo.simulator.n_users} users × "
-                         f"{demo.simulator.slots_per_day} slots")
+                progress(
+                    f"[day {day}] serving {served_version}: {demo.simulator.n_users} users × "
+                    f"{demo.simulator.slots_per_day} slots"
+                )
                 outcome = run_day(sim, day, env.serving_url, logger, batch_size=demo.request_batch_size)
-                progress(f"[day {day}] realized mean reward {outcome.realized_reward:.4f} "
-                         f"(sent {outcome.send_share:.0%}); waiting for the stream to close the day's MDPs")
-                day_rows = _wait_for_timelines(env, outcome, day_start, [stream, serving], demo.timelines_wait_s)
+                progress(
+                    f"[day {day}] realized mean reward {outcome.realized_reward:.4f} "
+                    f"(sent {outcome.send_share:.0%}); waiting for the stream to close the day's MDPs"
+                )
+                day_rows = _wait_for_timelines(
+                    env, outcome, day_start, [stream, serving], demo.timelines_wait_s
+                )
                 training_rows = load_timelines(env.stream_config().output_dir)
-                progress(f"[night {day}] refresh: {len(training_rows)} timeline rows to train on, "
-                         f"{len(day_rows)} logged by {served_version} to evaluate on")
+                progress(
+                    f"[night {day}] refresh: {len(training_rows)} timeline rows to train on, "
+                    f"{len(day_rows)} logged by {served_version} to evaluate on"
+                )
                 result = run_refresh(
                     env,
                     training_rows,
@@ -159,7 +177,9 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
         progress(f"summary:      {env.run_dir / 'summary.json'}")
         progress(f"CPE reports:  {env.reports_dir}/<model>/cpe_report.json, gate.json")
         progress(f"TensorBoard:  tensorboard --logdir {env.tensorboard_dir}")
-        progress(f"monitoring:   streamrl monitor --once --run-dir {env.run_dir} --config {env.run_dir / 'environment.yaml'}")
+        progress(
+            f"monitoring:   streamrl monitor --once --run-dir {env.run_dir} --config {env.run_dir / 'environment.yaml'}"
+        )
         progress(f"total time {time.monotonic() - started:.0f}s")
         return summaries
     finally:
@@ -253,23 +273,45 @@ def _report_night(progress: Progress, result: RefreshResult, summary: DaySummary
     if result.spec_diff is not None and result.spec_diff.has_changes:
         progress(f"    normalization spec changed: {result.spec_diff.summary()}")
     progress(f"    spec {result.spec.version} -> {result.spec_path}")
-    progress(f"    candidate {summary.candidate_version}: TD loss "
-             f"{result.candidate.training_metrics.get('train/td_loss', float('nan')):.4f}")
+    progress(
+        f"    candidate {summary.candidate_version}: TD loss "
+        f"{result.candidate.training_metrics.get('train/td_loss', float('nan')):.4f}"
+    )
     if result.report is not None:
         progress(f"    CPE: {result.report.verdict}")
-    progress(f"    gate: {summary.gate}" + (f" ({'; '.join(summary.gate_reasons)})" if summary.gate_reasons else ""))
+    progress(
+        f"    gate: {summary.gate}"
+        + (f" ({'; '.join(summary.gate_reasons)})" if summary.gate_reasons else "")
+    )
 
 
 def format_summary(rows: list[DaySummary]) -> str:
-    header = ("day", "served model", "realized", "hand-written", "oracle", "gap closed",
-              "candidate", "CPE estimate [95% CI]", "gate")
+    header = (
+        "day",
+        "served model",
+        "realized",
+        "hand-written",
+        "oracle",
+        "gap closed",
+        "candidate",
+        "CPE estimate [95% CI]",
+        "gate",
+    )
     lines = [header]
     for r in rows:
-        lines.append((
-            str(r.day), r.model_version, f"{r.realized_reward:.4f}", f"{r.logging_reward:.4f}",
-            f"{r.oracle_reward:.4f}", f"{r.gap_closed:.0%}", r.candidate_version,
-            f"{r.cpe_estimate:.4f} [{r.cpe_ci_low:.4f}, {r.cpe_ci_high:.4f}]", r.gate,
-        ))
+        lines.append(
+            (
+                str(r.day),
+                r.model_version,
+                f"{r.realized_reward:.4f}",
+                f"{r.logging_reward:.4f}",
+                f"{r.oracle_reward:.4f}",
+                f"{r.gap_closed:.0%}",
+                r.candidate_version,
+                f"{r.cpe_estimate:.4f} [{r.cpe_ci_low:.4f}, {r.cpe_ci_high:.4f}]",
+                r.gate,
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
 

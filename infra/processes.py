@@ -76,13 +76,20 @@ class ManagedProcess:
             self.popen.wait(timeout=10)
 
 
-def start_process(name: str, args: Sequence[str], log_path: Path, *, cwd: Path | None = None) -> ManagedProcess:
+def start_process(
+    name: str, args: Sequence[str], log_path: Path, *, cwd: Path | None = None
+) -> ManagedProcess:
     """Run `python -m …` style `args` with this interpreter, output to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("ab")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     popen = subprocess.Popen(
-        [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+        [sys.executable, *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
     )
     log.close()
     return ManagedProcess(name=name, popen=popen, log_path=log_path)

@@ -13,7 +13,14 @@ from pathlib import Path
 import pandas as pd
 
 from evaluation import CpeReport, GateDecision, evaluate_and_gate
-from features import NormalizationSpec, SpecDiff, diff_specs, fit_normalization, frame_from_feature_maps, save_spec
+from features import (
+    NormalizationSpec,
+    SpecDiff,
+    diff_specs,
+    fit_normalization,
+    frame_from_feature_maps,
+    save_spec,
+)
 from infra.environment import Environment
 from trainer import ModelRegistry
 from trainer.artifact import ModelMetadata

@@ -50,6 +50,8 @@ def load_timelines(
     Maps come back as `dict[str, float]` and lists as `list[str]`; an empty frame with the right
     columns when nothing has been written yet.
     """
+    start = _utc(start, "start") if start is not None else None
+    end = _utc(end, "end") if end is not None else None
     root = timelines_path(Path(output_dir))
     empty = pd.DataFrame({name: pd.Series(dtype=object) for name in TIMELINE_COLUMNS})
     # Only committed files: Spark stages new ones under dot-directories, which pyarrow would list.
@@ -63,12 +65,10 @@ def load_timelines(
         condition = None
         stored = dataset.schema.field("timestamp").type
         if start is not None:
-            start = _utc(start, "start")
             condition = (pads.field("ds") >= start.strftime("%Y-%m-%d")) & (
                 pads.field("timestamp") >= _timestamp_scalar(start, stored)
             )
         if end is not None:
-            end = _utc(end, "end")
             upper = (pads.field("ds") <= end.strftime("%Y-%m-%d")) & (
                 pads.field("timestamp") < _timestamp_scalar(end, stored)
             )

@@ -5,10 +5,8 @@ Everything is real (Tansu broker, redis-server, Spark local[2]); nothing is mock
 
 from __future__ import annotations
 
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

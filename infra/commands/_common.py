@@ -12,7 +12,9 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help=f"environment YAML (default: {DEFAULT_CONFIG})"
     )
-    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: the config's run_dir)")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="run folder (default: the config's run_dir)"
+    )
 
 
 def environment_from(args: argparse.Namespace):  # -> Environment (imported lazily: it imports every stage)

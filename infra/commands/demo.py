@@ -12,7 +12,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         prog=prog, description="Run the full loop on the embedded local stack with the simulated app."
     )
     add_environment_arguments(parser)
-    parser.add_argument("--days", type=int, default=None, help="simulated days (default: the config's demo.days)")
+    parser.add_argument(
+        "--days", type=int, default=None, help="simulated days (default: the config's demo.days)"
+    )
     parser.add_argument("--users", type=int, default=None, help="simulated users (default: the config's)")
     return parser
 

@@ -12,7 +12,9 @@ from infra.commands._common import add_environment_arguments, environment_from
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Build MDP timelines from the event topics.")
     add_environment_arguments(parser)
-    parser.add_argument("--master", default="local[2]", help="Spark master (default local[2]; a cluster URL too)")
+    parser.add_argument(
+        "--master", default="local[2]", help="Spark master (default local[2]; a cluster URL too)"
+    )
     return parser
 
 

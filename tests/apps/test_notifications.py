@@ -50,7 +50,7 @@ def test_oracle_beats_every_fixed_schedule(sim: NotificationSim) -> None:
     day = sim.start_day(0)
     oracle = sim.oracle_value(day)
     n = sim.config.n_users
-    for mask in range(2 ** sim.config.slots_per_day):
+    for mask in range(2**sim.config.slots_per_day):
         schedule = [(mask >> s) & 1 for s in range(sim.config.slots_per_day)]
         value = 0.0
         sent_previous = np.zeros(n, dtype=bool)

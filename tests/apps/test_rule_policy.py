@@ -18,7 +18,9 @@ def test_onnx_rule_matches_simulator_rule(tmp_path) -> None:
     day = sim.start_day(0)
     for sent in (False, True):
         features = sim.features(day, 1, np.full(config.n_users, sent))
-        probabilities = policy.probabilities(features.astype(np.float32), np.ones((config.n_users, 2), np.float32))
+        probabilities = policy.probabilities(
+            features.astype(np.float32), np.ones((config.n_users, 2), np.float32)
+        )
         np.testing.assert_allclose(probabilities[:, 1], sim.rule_send_probability(features), atol=1e-7)
 
 

@@ -62,8 +62,17 @@ def test_summary_json_is_the_table(demo_run) -> None:
     run_dir, summaries, lines, _ = demo_run
     days = json.loads((run_dir / "summary.json").read_text())
     assert len(days) == DAYS
-    required = {"day", "model_version", "realized_reward", "logging_reward", "oracle_reward",
-                "cpe_estimate", "cpe_ci_low", "cpe_ci_high", "gate"}
+    required = {
+        "day",
+        "model_version",
+        "realized_reward",
+        "logging_reward",
+        "oracle_reward",
+        "cpe_estimate",
+        "cpe_ci_low",
+        "cpe_ci_high",
+        "gate",
+    }
     for row, summary in zip(days, summaries, strict=True):
         assert required <= row.keys()
         assert row["model_version"] == summary.model_version
@@ -78,7 +87,9 @@ def test_gate_decides_what_serves_next_day(demo_run) -> None:
     registry = ModelRegistry(run_dir / "registry")
     assert len(registry.list_versions()) == 1 + DAYS  # the rule + one candidate per night
     first_night = summaries[0]
-    expected_day1 = first_night.candidate_version if first_night.gate == "approved" else summaries[0].model_version
+    expected_day1 = (
+        first_night.candidate_version if first_night.gate == "approved" else summaries[0].model_version
+    )
     assert summaries[1].model_version == expected_day1
     for summary in summaries:
         report_dir = run_dir / "reports" / summary.candidate_version
@@ -90,7 +101,9 @@ def test_gate_decides_what_serves_next_day(demo_run) -> None:
 def test_monitoring_counted_the_served_decisions(demo_run) -> None:
     _, summaries, _, config = demo_run
     run_topics = json.loads((Path(demo_run[0]) / "environment.json").read_text())["topics"]
-    windows = latest_revisions(tail_metrics(config.stack.bootstrap_servers, run_topics["metrics"], timeout_s=20))
+    windows = latest_revisions(
+        tail_metrics(config.stack.bootstrap_servers, run_topics["metrics"], timeout_s=20)
+    )
     counted = {}
     for window in windows:
         counted[window.model_version] = counted.get(window.model_version, 0) + window.decisions

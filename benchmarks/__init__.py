@@ -1,0 +1,1 @@
+"""Benchmarks: speed and quality figures, printed; run all with `python -m benchmarks` (or `make bench`)."""
