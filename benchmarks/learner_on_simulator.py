@@ -36,19 +36,31 @@ def main(seeds: int = 3) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 registry = ModelRegistry(Path(tmp) / "registry")
                 metadata = train_and_register(
-                    timelines, spec, list(ACTIONS), DqnConfig(gamma=gamma, seed=seed), registry,
-                    Path(tmp) / "tb", EpsilonGreedyExploration(epsilon=0.05),
+                    timelines,
+                    spec,
+                    list(ACTIONS),
+                    DqnConfig(gamma=gamma, seed=seed),
+                    registry,
+                    Path(tmp) / "tb",
+                    EpsilonGreedyExploration(epsilon=0.05),
                 )
                 policy = OnnxPolicy.load(registry, metadata.version)
-                mask = np.ones((sim.config.n_users, len(ACTIONS)), np.float32)
-                value = sim.policy_value(
-                    next_day, lambda f: policy.probabilities(f.astype(np.float32), mask)[:, ACTIONS.index("send")]
-                )
+                value = sim.policy_value(next_day, _send_probability(policy))
             closed.append((value - rule) / (oracle - rule))
         print(
             f"   DQN gamma={gamma}: gap closed {np.mean(closed):.0%} ± {np.std(closed):.0%} over {seeds} seeds "
             f"({(time.perf_counter() - started) / seeds:.1f}s per train+export)"
         )
+
+
+def _send_probability(policy: OnnxPolicy):
+    send = ACTIONS.index("send")
+
+    def probability(features: np.ndarray) -> np.ndarray:
+        mask = np.ones((len(features), len(ACTIONS)), np.float32)
+        return policy.probabilities(features.astype(np.float32), mask)[:, send]
+
+    return probability
 
 
 if __name__ == "__main__":

@@ -14,8 +14,28 @@ from stream.reader import TimelineReadError
 def _write_with_spark(spark, output_dir, stamps: list[datetime]) -> None:
     rows = [
         (
-            f"m{i}", f"r{i}", "e", 0, 1, ts, {"x": float(i)}, "a", 0.5, 1.0, True, {}, ["a"], {}, None, [], 0, 0,
-            False, "v1", ts.strftime("%Y-%m-%d"), 0,
+            f"m{i}",
+            f"r{i}",
+            "e",
+            0,
+            1,
+            ts,
+            {"x": float(i)},
+            "a",
+            0.5,
+            1.0,
+            True,
+            {},
+            ["a"],
+            {},
+            None,
+            [],
+            0,
+            0,
+            False,
+            "v1",
+            ts.strftime("%Y-%m-%d"),
+            0,
         )
         for i, ts in enumerate(stamps)
     ]
