@@ -7,8 +7,12 @@ import sys
 import time
 
 BENCHMARKS = {
+    "pendulum": "benchmarks.pendulum",
+    "features_bench": "benchmarks.features_bench",
     "learner_on_simulator": "benchmarks.learner_on_simulator",
     "cpe_speed": "benchmarks.cpe_speed",
+    "cpe_accuracy": "benchmarks.cpe_accuracy",
+    "training_throughput": "benchmarks.training_throughput",
 }
 
 

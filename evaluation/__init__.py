@@ -1,52 +1,80 @@
-"""evaluation stage: counterfactual policy evaluation (DM, IPS, SNIPS, DR, sequential DR) with
-bootstrap intervals, a cross-fitted reward model, the CPE report and the deploy gate.
+"""evaluation stage: counterfactual policy evaluation with bootstrap intervals, a cross-fitted
+reward model and fitted Q evaluation, the CPE report (JSON, HTML, TensorBoard) and the deploy gate.
 
-Entry points: `evaluate_policy` (timelines + model → `CpeReport`), `gate_model` (report →
-`GateDecision`) and `evaluate_and_gate` (registry version → report, decision, deploy).
+Estimators — one-step: DM, IPS, SNIPS, DR, SNDR, switch-DR; sequential: PDIS, sequential DR,
+WDR, MAGIC; model-based: FQE. Entry points: `evaluate_policy` (timelines + model → `CpeReport`),
+`evaluate_probabilities` (timelines + target probabilities → `CpeReport`), `gate_model`
+(report → `GateDecision`), `evaluate_and_gate` (registry version → report, decision, deploy)
+and `hold_out_mdps` (keep evaluation MDPs out of training).
 """
 
 from evaluation.config import EvaluationConfig, GateConfig
 from evaluation.errors import EvaluationError, ReportError
 from evaluation.estimators import (
+    ONE_STEP_ESTIMATORS,
     Estimate,
     direct_method,
     doubly_robust,
     ips,
     one_step_estimates,
-    sequential_doubly_robust,
+    self_normalized_doubly_robust,
     snips,
+    switch_doubly_robust,
 )
-from evaluation.evaluate import evaluate_policy
-from evaluation.gate import GateDecision, evaluate_and_gate, gate_model
-from evaluation.report import CpeReport, load_report, save_report
+from evaluation.evaluate import evaluate_policy, evaluate_probabilities
+from evaluation.fqe import FqeFit, FqeResult, RidgeFqeConfig, fitted_q_evaluation
+from evaluation.gate import GateAlert, GateDecision, evaluate_and_gate, gate_model, record_alerts
+from evaluation.html_report import render_html, save_html_report, write_tensorboard_scalars
+from evaluation.report import ActionSummary, CpeReport, WeightHistogram, load_report, save_report
 from evaluation.reward_model import (
     CrossFitResult,
     RewardModelFit,
     RidgeRewardModelConfig,
     cross_fit_reward_model,
 )
+from evaluation.sequential import SEQUENTIAL_ESTIMATORS, sequential_doubly_robust, sequential_estimates
+from evaluation.split import held_out_mask, hold_out_mdps
 
 __all__ = [
+    "ONE_STEP_ESTIMATORS",
+    "SEQUENTIAL_ESTIMATORS",
+    "ActionSummary",
     "CpeReport",
     "CrossFitResult",
     "Estimate",
     "EvaluationConfig",
     "EvaluationError",
+    "FqeFit",
+    "FqeResult",
+    "GateAlert",
     "GateConfig",
     "GateDecision",
     "ReportError",
     "RewardModelFit",
+    "RidgeFqeConfig",
     "RidgeRewardModelConfig",
+    "WeightHistogram",
     "cross_fit_reward_model",
     "direct_method",
     "doubly_robust",
     "evaluate_and_gate",
     "evaluate_policy",
+    "evaluate_probabilities",
+    "fitted_q_evaluation",
     "gate_model",
+    "held_out_mask",
+    "hold_out_mdps",
     "ips",
     "load_report",
     "one_step_estimates",
+    "record_alerts",
+    "render_html",
+    "save_html_report",
     "save_report",
+    "self_normalized_doubly_robust",
     "sequential_doubly_robust",
+    "sequential_estimates",
     "snips",
+    "switch_doubly_robust",
+    "write_tensorboard_scalars",
 ]

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evaluation.fqe import RidgeFqeConfig
 from evaluation.reward_model import RidgeRewardModelConfig
 
 
@@ -22,7 +23,10 @@ class GateConfig(BaseModel):
     threshold: float = 1.0
     min_effective_sample_size: float = Field(100.0, ge=0.0)
     max_swing: float | None = Field(
-        None, gt=0.0, description="max relative change of the DR value vs the previous model's report"
+        None,
+        gt=0.0,
+        description="max relative change of the DR value vs the previous model's report; a larger swing "
+        "holds the model and raises an alert",
     )
 
 
@@ -39,5 +43,16 @@ class EvaluationConfig(BaseModel):
     min_rows: int = Field(
         1000, ge=1, description="fewer decisions than this: the estimate is marked unreliable and gated out"
     )
+    switch_threshold: float = Field(
+        10.0, gt=0.0, description="switch-DR drops corrections with weight > this"
+    )
     reward_model: RidgeRewardModelConfig = Field(default_factory=RidgeRewardModelConfig)
+    fqe: RidgeFqeConfig = Field(default_factory=RidgeFqeConfig)
+    holdout_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="share of the evaluation MDPs withheld from training (`hold_out_mdps`), so the candidate "
+        "is never scored on the decisions it was trained on; 0 disables",
+    )
     gate: GateConfig = Field(default_factory=GateConfig)

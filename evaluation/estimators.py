@@ -1,4 +1,4 @@
-"""Counterfactual estimators of a target policy's value from logged decisions.
+"""One-step counterfactual estimators of a target policy's value from logged decisions.
 
 Pure numpy on arrays, no models and no DataFrames, so every estimator can be checked against
 hand-computed answers. Notation: logged propensity μ(a|x), target policy π(a|x), reward model
@@ -6,13 +6,16 @@ q̂(x, a), importance weight w = π(a_logged|x) / μ(a_logged|x).
 
 Every estimate is reported raw and *normalized* (divided by the logged policy's value: mean
 logged reward per decision for one-step, mean discounted logged return per episode for
-sequential), so 1.0 reads "as good as the logged policy". Intervals are percentile bootstrap
-intervals; the normalized interval resamples numerator and denominator together.
+sequential), so 1.0 reads "as good as the logged policy". Each estimator is a function of
+column means, so all of them share one bootstrap of the rows: percentile intervals for the
+value and for the normalized value (numerator and denominator resampled together).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -22,8 +25,14 @@ from evaluation.errors import EvaluationError
 
 # A bootstrap chunk holds at most this many resampled indices (int64): bounds memory at ~160 MB.
 _MAX_INDICES_PER_CHUNK = 20_000_000
+# Fewer samples than this (decisions, or episodes for sequential estimators): the bootstrap
+# interval is not to be trusted and the estimate is marked unreliable.
+TINY_SAMPLE = 30
 
-EstimatorName = Literal["dm", "ips", "snips", "dr", "sequential_dr"]
+EstimatorName = Literal[
+    "dm", "ips", "snips", "dr", "sndr", "switch_dr", "pdis", "sequential_dr", "wdr", "magic", "fqe"
+]
+ONE_STEP_ESTIMATORS: tuple[EstimatorName, ...] = ("dm", "ips", "snips", "dr", "sndr", "switch_dr")
 
 
 class Estimate(BaseModel):
@@ -33,7 +42,7 @@ class Estimate(BaseModel):
 
     schema_version: Literal[1] = 1
     estimator: EstimatorName
-    value: float = Field(description="estimated mean reward per decision (per episode for sequential_dr)")
+    value: float = Field(description="estimated mean reward per decision (per episode for sequential ones)")
     normalized: float = Field(description="value / logged policy value; 1.0 = as good as the logged policy")
     ci_low: float
     ci_high: float
@@ -44,14 +53,20 @@ class Estimate(BaseModel):
     n: int = Field(description="decisions (one-step) or episodes (sequential) used")
     logged_value: float = Field(description="the denominator of `normalized`")
     effective_sample_size: float | None = Field(
-        description="(Σw)²/Σw² of the importance weights; None when the estimator uses none (dm)"
+        description="(Σw)²/Σw² of the importance weights; None when the estimator uses none (dm, fqe)"
     )
     min_propensity: float
     max_propensity: float
     max_weight: float | None
+    clipped_share: float | None = Field(
+        None, description="share of decisions whose weight exceeded the switch threshold (switch_dr); else 0"
+    )
+    reliable: bool = True
+    warnings: list[str] = Field(default_factory=list, description="why the estimate is not to be trusted")
 
 
-def _bootstrap_column_means(columns: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+# --- shared bootstrap -------------------------------------------------------------------------
+def bootstrap_column_means(columns: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
     """Mean of every column on each of `n_resamples` resamples of the rows: [n_resamples, K].
 
     Resamples are drawn as an index matrix in chunks and turned into per-row counts with one
@@ -70,7 +85,8 @@ def _bootstrap_column_means(columns: np.ndarray, n_resamples: int, seed: int) ->
     return out
 
 
-def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+def interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Percentile interval; NaN when any resample is not finite (never a silently narrowed one)."""
     finite = samples[np.isfinite(samples)]
     if finite.size < samples.size or finite.size == 0:
         return math.nan, math.nan
@@ -79,22 +95,22 @@ def _interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _safe_ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
+def safe_ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.divide(numerator, denominator)
 
 
-def _check_confidence(confidence: float, bootstrap_samples: int) -> None:
+def check_confidence(confidence: float, bootstrap_samples: int) -> None:
     if not 0.0 < confidence < 1.0:
         raise EvaluationError(f"confidence must be in (0, 1), got {confidence}")
     if bootstrap_samples < 1:
         raise EvaluationError(f"bootstrap_samples must be ≥ 1, got {bootstrap_samples}")
 
 
-def _logged_columns(
+def logged_columns(
     target_probs: np.ndarray, logged_action: np.ndarray, logged_propensity: np.ndarray, reward: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate shapes and return (π, a, μ, r) as float64/int64 arrays."""
+    """Validate shapes, action indices, propensities in (0, 1] and finite rewards; return (π, a, μ, r)."""
     pi = np.asarray(target_probs, dtype=np.float64)
     a = np.asarray(logged_action, dtype=np.int64)
     mu = np.asarray(logged_propensity, dtype=np.float64)
@@ -117,62 +133,127 @@ def _logged_columns(
             f"logged_propensity must be in (0, 1] for every decision; {bad.size} are not, e.g. rows "
             f"{bad[:5].tolist()} = {mu[bad[:5]].tolist()}"
         )
+    bad = np.flatnonzero(~np.isfinite(r))
+    if bad.size:
+        raise EvaluationError(f"reward must be finite; {bad.size} are not, e.g. rows {bad[:5].tolist()}")
+    bad = np.flatnonzero(
+        ~np.all(np.isfinite(pi) & (pi >= 0.0), axis=1) | (np.abs(pi.sum(axis=1) - 1.0) > 1e-3)
+    )
+    if bad.size:
+        raise EvaluationError(
+            f"target_probs must be finite, ≥ 0 and sum to 1 per row; {bad.size} rows are not, e.g. rows "
+            f"{bad[:5].tolist()}"
+        )
     return pi, a, mu, r
 
 
-def _importance_weights(pi: np.ndarray, a: np.ndarray, mu: np.ndarray) -> np.ndarray:
+def importance_weights(pi: np.ndarray, a: np.ndarray, mu: np.ndarray) -> np.ndarray:
     return pi[np.arange(pi.shape[0]), a] / mu
 
 
-def _effective_sample_size(w: np.ndarray) -> float:
-    sq = float(np.sum(w * w))
-    return float(np.sum(w)) ** 2 / sq if sq > 0.0 else 0.0
+def effective_sample_size(w: np.ndarray) -> float:
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = float(np.sum(w * w))
+        total = float(np.sum(w))
+    return total**2 / sq if sq > 0.0 and math.isfinite(sq) else (0.0 if sq == 0.0 else math.nan)
 
 
-def _bootstrapped_estimates(
-    specs: dict[str, tuple[int, int | None, np.ndarray | None]],
+@dataclass(frozen=True, slots=True)
+class EstimatorSpec:
+    """How one estimator reads the shared bootstrap: value = `value_of(column means)`."""
+
+    value_of: Callable[[np.ndarray], np.ndarray]
+    weights: np.ndarray | None  # importance weights behind ESS / max weight; None if unweighted
+    clipped_share: float | None = None
+
+
+def bootstrapped_estimates(
+    specs: dict[str, EstimatorSpec],
     columns: np.ndarray,
     propensity: np.ndarray,
     confidence: float,
     bootstrap_samples: int,
     seed: int,
+    logged_column: int = 0,
+    boot: np.ndarray | None = None,
 ) -> dict[str, Estimate]:
-    """Ratio estimates from one shared bootstrap of `columns` (column 0 = logged value).
+    """Estimates that are functions of column means, from one shared bootstrap of `columns`.
 
-    `specs` maps an estimator to (numerator column, denominator column or None, importance
-    weights or None); each estimate is mean(num) / mean(den or 1), normalized by mean(col 0).
-    Sharing the resamples keeps the cost of four estimators at the cost of one.
+    `value_of` receives means as [..., K] (one row for the point estimate, one per resample);
+    `logged_column` holds the logged value used for normalization; `boot` reuses resampled
+    means already drawn from `columns` with the same seed. Sharing the resamples
+    keeps the cost of every estimator at the cost of one.
     """
-    _check_confidence(confidence, bootstrap_samples)
+    check_confidence(confidence, bootstrap_samples)
     point = columns.mean(axis=0)
-    boot = _bootstrap_column_means(columns, bootstrap_samples, seed)
+    if boot is None:
+        boot = bootstrap_column_means(columns, bootstrap_samples, seed)
+    n = int(columns.shape[0])
     out: dict[str, Estimate] = {}
-    for name, (num, den, weights) in specs.items():
-        value = float(_safe_ratio(point[num], 1.0 if den is None else point[den]))
-        boot_value = _safe_ratio(boot[:, num], 1.0 if den is None else boot[:, den])
-        ci_low, ci_high = _interval(boot_value, confidence)
-        n_low, n_high = _interval(_safe_ratio(boot_value, boot[:, 0]), confidence)
-        out[name] = Estimate(
+    for name, spec in specs.items():
+        with np.errstate(all="ignore"):
+            value = float(spec.value_of(point))
+            boot_value = np.asarray(spec.value_of(boot), dtype=np.float64)
+        ci_low, ci_high = interval(boot_value, confidence)
+        n_low, n_high = interval(safe_ratio(boot_value, boot[:, logged_column]), confidence)
+        weights = spec.weights
+        ess = None if weights is None else effective_sample_size(weights)
+        estimate = Estimate(
             estimator=name,
             value=value,
-            normalized=float(_safe_ratio(value, point[0])),
+            normalized=float(safe_ratio(value, point[logged_column])),
             ci_low=ci_low,
             ci_high=ci_high,
             normalized_ci_low=n_low,
             normalized_ci_high=n_high,
             confidence=confidence,
             bootstrap_samples=bootstrap_samples,
-            n=int(columns.shape[0]),
-            logged_value=float(point[0]),
-            effective_sample_size=None if weights is None else _effective_sample_size(weights),
+            n=n,
+            logged_value=float(point[logged_column]),
+            effective_sample_size=ess,
             min_propensity=float(propensity.min()),
             max_propensity=float(propensity.max()),
             max_weight=None if weights is None else float(weights.max()),
+            clipped_share=None if weights is None else (spec.clipped_share or 0.0),
         )
+        out[name] = mark_reliability(estimate)
     return out
 
 
-_ONE_STEP_COLUMNS = {"dm": (1, None), "ips": (2, None), "snips": (2, 3), "dr": (4, None)}
+def mark_reliability(estimate: Estimate) -> Estimate:
+    """Flag what makes an estimate untrustworthy instead of returning a silent number."""
+    warnings = list(estimate.warnings)
+    numbers = (estimate.value, estimate.ci_low, estimate.ci_high)
+    if not all(math.isfinite(v) for v in numbers):
+        warnings.append(f"{estimate.estimator}: the value or its interval is not finite")
+    if estimate.n < TINY_SAMPLE:
+        warnings.append(
+            f"{estimate.estimator}: only {estimate.n} samples (< {TINY_SAMPLE}); the interval is not meaningful"
+        )
+    if not estimate.logged_value > 0.0:
+        warnings.append(
+            f"{estimate.estimator}: the logged value is {estimate.logged_value:.4g} ≤ 0, "
+            "so the normalized value is meaningless"
+        )
+    ess = estimate.effective_sample_size
+    if ess is not None and not (math.isfinite(ess) and ess >= 1.0):
+        warnings.append(
+            f"{estimate.estimator}: effective sample size {ess:.3g} < 1: the target policy never "
+            "takes the logged actions"
+        )
+    return estimate.model_copy(update={"warnings": warnings, "reliable": not warnings})
+
+
+# --- one-step estimators ----------------------------------------------------------------------
+# Columns of the one-step bootstrap: r, Σπq̂, w·r, w, w·(r − q̂), w·(r − q̂)·1{w ≤ τ}.
+_ONE_STEP_VALUE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "dm": lambda m: m[..., 1],
+    "ips": lambda m: m[..., 2],
+    "snips": lambda m: m[..., 2] / m[..., 3],
+    "dr": lambda m: m[..., 1] + m[..., 4],
+    "sndr": lambda m: m[..., 1] + m[..., 4] / m[..., 3],
+    "switch_dr": lambda m: m[..., 1] + m[..., 5],
+}
 
 
 def _one_step(
@@ -185,24 +266,35 @@ def _one_step(
     confidence: float,
     bootstrap_samples: int,
     seed: int,
+    switch_threshold: float = 10.0,
 ) -> dict[str, Estimate]:
-    """Columns [r, Σπq̂, w·r, w, DR term] for one shared bootstrap; q̂ may be None for IPS/SNIPS."""
-    pi, a, mu, r = _logged_columns(target_probs, logged_action, logged_propensity, reward)
-    w = _importance_weights(pi, a, mu)
+    pi, a, mu, r = logged_columns(target_probs, logged_action, logged_propensity, reward)
+    if not switch_threshold > 0.0:
+        raise EvaluationError(f"switch_threshold must be > 0, got {switch_threshold}")
+    w = importance_weights(pi, a, mu)
     if q_hat is None:
-        dm = dr = np.zeros_like(r)
+        if any(name in ("dm", "dr", "sndr", "switch_dr") for name in names):
+            raise EvaluationError(f"estimators {names} need a reward model q_hat; got None")
+        dm = residual = np.zeros_like(r)
     else:
         q = np.asarray(q_hat, dtype=np.float64)
         if q.shape != pi.shape:
             raise EvaluationError(f"q_hat {q.shape} must have the shape of target_probs {pi.shape}")
+        if not np.all(np.isfinite(q)):
+            raise EvaluationError("q_hat has non-finite values; check the reward model's inputs")
         dm = np.sum(pi * q, axis=1)
-        dr = dm + w * (r - q[np.arange(pi.shape[0]), a])
-    columns = np.stack([r, dm, w * r, w, dr], axis=1)
+        residual = w * (r - q[np.arange(pi.shape[0]), a])
+    kept = w <= switch_threshold
+    columns = np.stack([r, dm, w * r, w, residual, residual * kept], axis=1)
     specs = {
-        name: (_ONE_STEP_COLUMNS[name][0], _ONE_STEP_COLUMNS[name][1], None if name == "dm" else w)
+        name: EstimatorSpec(
+            value_of=_ONE_STEP_VALUE[name],
+            weights=None if name == "dm" else w,
+            clipped_share=float(np.mean(~kept)) if name == "switch_dr" else 0.0,
+        )
         for name in names
     }
-    return _bootstrapped_estimates(specs, columns, mu, confidence, bootstrap_samples, seed)
+    return bootstrapped_estimates(specs, columns, mu, confidence, bootstrap_samples, seed)
 
 
 def direct_method(
@@ -270,6 +362,44 @@ def doubly_robust(
     return _one_step(("dr",), *args, confidence, bootstrap_samples, seed)["dr"]
 
 
+def self_normalized_doubly_robust(
+    target_probs: np.ndarray,
+    q_hat: np.ndarray,
+    logged_action: np.ndarray,
+    logged_propensity: np.ndarray,
+    reward: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 200,
+    seed: int = 0,
+) -> Estimate:
+    """SNDR = DM + Σ w (r − q̂) / Σ w: DR whose correction is self-normalized, tamer with large weights."""
+    args = (target_probs, q_hat, logged_action, logged_propensity, reward)
+    return _one_step(("sndr",), *args, confidence, bootstrap_samples, seed)["sndr"]
+
+
+def switch_doubly_robust(
+    target_probs: np.ndarray,
+    q_hat: np.ndarray,
+    logged_action: np.ndarray,
+    logged_propensity: np.ndarray,
+    reward: np.ndarray,
+    *,
+    switch_threshold: float = 10.0,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 200,
+    seed: int = 0,
+) -> Estimate:
+    """Switch-DR (Wang et al. 2017) = DM + mean w (r − q̂) 1{w ≤ τ}: trusts the model where weights explode.
+
+    `clipped_share` reports the share of decisions whose correction was switched off.
+    """
+    args = (target_probs, q_hat, logged_action, logged_propensity, reward)
+    return _one_step(("switch_dr",), *args, confidence, bootstrap_samples, seed, switch_threshold)[
+        "switch_dr"
+    ]
+
+
 def one_step_estimates(
     target_probs: np.ndarray,
     q_hat: np.ndarray,
@@ -280,75 +410,12 @@ def one_step_estimates(
     confidence: float = 0.95,
     bootstrap_samples: int = 200,
     seed: int = 0,
+    switch_threshold: float = 10.0,
+    names: tuple[str, ...] = ONE_STEP_ESTIMATORS,
 ) -> dict[str, Estimate]:
-    """DM, IPS, SNIPS and DR together on one shared bootstrap (the cost of one estimator)."""
+    """DM, IPS, SNIPS, DR, SNDR and switch-DR together on one shared bootstrap (the cost of one)."""
+    unknown = [n for n in names if n not in _ONE_STEP_VALUE]
+    if unknown:
+        raise EvaluationError(f"unknown one-step estimators {unknown}; choose from {list(_ONE_STEP_VALUE)}")
     args = (target_probs, q_hat, logged_action, logged_propensity, reward)
-    return _one_step(("dm", "ips", "snips", "dr"), *args, confidence, bootstrap_samples, seed)
-
-
-def sequential_doubly_robust(
-    episode_index: np.ndarray,
-    target_probs: np.ndarray,
-    q_hat: np.ndarray,
-    logged_action: np.ndarray,
-    logged_propensity: np.ndarray,
-    reward: np.ndarray,
-    gamma: float,
-    *,
-    confidence: float = 0.95,
-    bootstrap_samples: int = 200,
-    seed: int = 0,
-) -> tuple[Estimate, np.ndarray]:
-    """Sequential DR (Jiang & Li 2016) per episode; returns (estimate, per-episode values).
-
-    Rows must be grouped by episode and ordered by step within it; `episode_index` gives each
-    row's episode as 0..E-1 (non-decreasing). With cumulative weights w_t = Π_{k≤t} π_k/μ_k
-    (w_{-1} = 1) and v̂(x) = Σ_a π(a|x) q̂(x,a), an episode's value is
-        Σ_t γ^t [ w_t (r_t − q̂(x_t, a_t)) + w_{t−1} v̂(x_t) ],
-    the unrolled form of V_t = v̂(x_t) + ρ_t (r_t + γ V_{t+1} − q̂(x_t, a_t)).
-    """
-    pi, a, mu, r = _logged_columns(target_probs, logged_action, logged_propensity, reward)
-    q = np.asarray(q_hat, dtype=np.float64)
-    ep = np.asarray(episode_index, dtype=np.int64)
-    n = pi.shape[0]
-    if q.shape != pi.shape:
-        raise EvaluationError(f"q_hat {q.shape} must have the shape of target_probs {pi.shape}")
-    if ep.shape != (n,):
-        raise EvaluationError(f"episode_index must have shape ({n},), got {ep.shape}")
-    if not 0.0 <= gamma <= 1.0:
-        raise EvaluationError(f"gamma must be in [0, 1], got {gamma}")
-    steps = np.diff(ep)
-    if ep[0] != 0 or np.any(steps < 0) or np.any(steps > 1):
-        raise EvaluationError(
-            "episode_index must be 0..E-1, grouped and non-decreasing (sort rows by episode, step)"
-        )
-    n_episodes = int(ep[-1]) + 1
-
-    starts = np.flatnonzero(np.r_[True, steps > 0])  # first row of each episode
-    step = np.arange(n) - starts[ep]
-    rho = _importance_weights(pi, a, mu)
-    # Cumulative product of ρ within each episode, in log space with exact zeros counted apart.
-    positive = rho > 0.0
-    log_rho = np.where(positive, np.log(np.where(positive, rho, 1.0)), 0.0)
-    cum_log = np.cumsum(log_rho)
-    cum_zero = np.cumsum(~positive)
-    base_log = (cum_log - log_rho)[starts][ep]
-    base_zero = (cum_zero - ~positive)[starts][ep]
-    w = np.where(cum_zero - base_zero == 0, np.exp(cum_log - base_log), 0.0)
-    w_prev = np.where(step == 0, 1.0, np.r_[1.0, w[:-1]])
-
-    rows = np.arange(n)
-    v_hat = np.sum(pi * q, axis=1)
-    discount = gamma**step
-    term = discount * (w * (r - q[rows, a]) + w_prev * v_hat)
-    values = np.bincount(ep, weights=term, minlength=n_episodes)
-    logged_return = np.bincount(ep, weights=discount * r, minlength=n_episodes)
-
-    ends = np.r_[starts[1:], n] - 1
-    episode_weight = w[ends]
-    columns = np.stack([logged_return, values], axis=1)
-    specs = {"sequential_dr": (1, None, episode_weight)}
-    estimate = _bootstrapped_estimates(specs, columns, mu, confidence, bootstrap_samples, seed)[
-        "sequential_dr"
-    ]
-    return estimate.model_copy(update={"max_weight": float(w.max())}), values
+    return _one_step(tuple(names), *args, confidence, bootstrap_samples, seed, switch_threshold)

@@ -2,21 +2,22 @@
 
 Target probabilities come from `OnnxPolicy.probabilities` (Q-values → exploration), the same
 function serving samples from, so the estimate is of the model *as served*. The headline is
-the doubly robust mean reward per decision.
+the one-step doubly robust mean reward per decision. `evaluate_probabilities` is the same
+evaluation for any target policy given as probabilities (simulators, benchmarks).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pandas as pd
 
 from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
-from evaluation.estimators import one_step_estimates, sequential_doubly_robust
-from evaluation.report import HEADLINE_ESTIMATOR, CpeReport, describe_verdict
+from evaluation.estimators import Estimate, EstimatorSpec, bootstrapped_estimates, one_step_estimates
+from evaluation.fqe import fitted_q_evaluation
+from evaluation.report import HEADLINE_ESTIMATOR, ActionSummary, CpeReport, WeightHistogram, describe_verdict
 from evaluation.reward_model import cross_fit_reward_model
+from evaluation.sequential import sequential_estimates
 from features import NormalizationSpec, build_feature_matrix, normalize
 from trainer import OnnxPolicy
 from trainer.data import feature_maps
@@ -102,11 +103,7 @@ def evaluate_policy(
     """
     frame = _check_timelines(timelines)
     actions = list(policy.metadata.actions)
-    logged_action = _logged_action_index(frame, actions, policy.version)
-    mu = frame["action_probability"].to_numpy(dtype=np.float64)
-    reward = frame["reward"].to_numpy(dtype=np.float64)
-    episode = pd.factorize(frame["mdp_id"], sort=False)[0].astype(np.int64)  # rows are sorted by mdp_id
-
+    _logged_action_index(frame, actions, policy.version)
     maps = feature_maps(frame["state_features"])
     possible = [list(p) if p is not None else [] for p in frame["possible_actions"]]
     try:
@@ -114,50 +111,127 @@ def evaluate_policy(
         target = policy.probabilities(policy.features(maps), mask)
     except Exception as exc:
         raise EvaluationError(f"model {policy.version} could not score the timelines: {exc}") from exc
-    x = normalize(spec, build_feature_matrix(maps, spec.feature_names))
+    return evaluate_probabilities(frame, target, actions, policy.version, config, spec)
+
+
+def evaluate_probabilities(
+    timelines: pd.DataFrame,
+    target_probs: np.ndarray,
+    actions: list[str],
+    model_version: str,
+    config: EvaluationConfig,
+    spec: NormalizationSpec,
+) -> CpeReport:
+    """Every estimator for a target policy given as probabilities [N, A] over `actions`.
+
+    `target_probs[i]` must belong to row i of `timelines` sorted by (mdp_id, sequence_number_ordinal)
+    (rows already in that order are left as they are).
+    """
+    frame = _check_timelines(timelines)
+    target = np.asarray(target_probs, dtype=np.float64)
+    if target.shape != (len(frame), len(actions)):
+        raise EvaluationError(
+            f"target_probs has shape {target.shape}; expected ({len(frame)}, {len(actions)}) = (rows, actions)"
+        )
+    logged_action = _logged_action_index(frame, actions, model_version)
+    mu = frame["action_probability"].to_numpy(dtype=np.float64)
+    reward = frame["reward"].to_numpy(dtype=np.float64)
+    episode = pd.factorize(frame["mdp_id"], sort=False)[0].astype(np.int64)  # rows are sorted by mdp_id
+
+    x = normalize(spec, build_feature_matrix(feature_maps(frame["state_features"]), spec.feature_names))
     reward_fit = cross_fit_reward_model(
         x, logged_action, reward, episode, actions, config.reward_model, seed=config.seed
     )
-
+    fqe = fitted_q_evaluation(
+        x, episode, logged_action, reward, target, config.gamma, config.fqe, config.seed
+    )
     boot = {
         "confidence": config.confidence,
         "bootstrap_samples": config.bootstrap_samples,
         "seed": config.seed,
     }
-    estimates = one_step_estimates(target, reward_fit.q_hat, logged_action, mu, reward, **boot)
-    # Sequential DR uses the immediate-reward model as q̂: still unbiased (propensities are known),
-    # just higher variance than with a fitted long-term Q (e.g. FQE), which is future work.
-    sequential, _ = sequential_doubly_robust(
-        episode, target, reward_fit.q_hat, logged_action, mu, reward, config.gamma, **boot
+    estimates = one_step_estimates(
+        target, reward_fit.q_hat, logged_action, mu, reward, switch_threshold=config.switch_threshold, **boot
     )
-    estimates["sequential_dr"] = sequential
+    # The sequential DR family uses FQE's long-term Q^π as q̂ (the immediate-reward model would
+    # stay unbiased but leave the future entirely to the importance weights).
+    estimates.update(
+        sequential_estimates(episode, target, fqe.q_hat, logged_action, mu, reward, config.gamma, **boot)
+    )
+    estimates["fqe"] = _fqe_estimate(episode, target, fqe.q_hat, mu, reward, config)
 
     logged_value = float(reward.mean())
     warnings: list[str] = []
     if len(frame) < config.min_rows:
         warnings.append(f"only {len(frame)} decisions, fewer than min_rows={config.min_rows}")
-    if logged_value <= 0.0:
-        warnings.append(
-            f"the logged mean reward is {logged_value:.4g} ≤ 0, so normalized values are meaningless"
-        )
     headline = estimates[HEADLINE_ESTIMATOR]
-    if not all(math.isfinite(v) for v in (headline.value, headline.ci_low, headline.ci_high)):
-        warnings.append("the DR estimate or its interval is not finite")
+    warnings.extend(headline.warnings)
     reliable = not warnings
     timestamps = pd.to_datetime(frame["timestamp"], utc=True) if "timestamp" in frame.columns else None
+    w = target[np.arange(len(frame)), logged_action] / mu
     return CpeReport(
-        model_version=policy.version,
+        model_version=model_version,
         logged_policy_versions=sorted(set(frame["model_version"].astype(str))),
         n_decisions=len(frame),
         n_episodes=int(episode.max()) + 1,
         logged_value=logged_value,
-        logged_episode_value=sequential.logged_value,
+        logged_episode_value=estimates["sequential_dr"].logged_value,
         gamma=config.gamma,
         estimates=estimates,
         reward_model=reward_fit.fit,
+        fqe=fqe.fit,
+        actions=_action_summaries(actions, logged_action, target, reward, reward_fit.q_hat),
+        weight_histogram=_weight_histogram(w),
         reliable=reliable,
         warnings=warnings,
-        verdict=describe_verdict(policy.version, logged_value, headline, reliable, warnings),
+        verdict=describe_verdict(model_version, logged_value, headline, reliable, warnings),
         data_start=None if timestamps is None else timestamps.min().to_pydatetime(),
         data_end=None if timestamps is None else timestamps.max().to_pydatetime(),
     )
+
+
+def _fqe_estimate(
+    episode: np.ndarray,
+    target: np.ndarray,
+    q_hat: np.ndarray,
+    mu: np.ndarray,
+    reward: np.ndarray,
+    config: EvaluationConfig,
+) -> Estimate:
+    """FQE's value: mean over episodes of v̂(x_0); the interval resamples start states, not the fit."""
+    starts = np.flatnonzero(np.r_[True, np.diff(episode) > 0])
+    step = np.arange(episode.size) - starts[episode]
+    logged_return = np.bincount(episode, weights=config.gamma**step * reward)
+    v0 = np.sum(target[starts] * q_hat[starts], axis=1)
+    columns = np.stack([logged_return, v0], axis=1)
+    specs = {"fqe": EstimatorSpec(value_of=lambda m: m[..., 1], weights=None)}
+    return bootstrapped_estimates(
+        specs, columns, mu, config.confidence, config.bootstrap_samples, config.seed
+    )["fqe"]
+
+
+def _action_summaries(
+    actions: list[str], logged_action: np.ndarray, target: np.ndarray, reward: np.ndarray, q_hat: np.ndarray
+) -> list[ActionSummary]:
+    counts = np.bincount(logged_action, minlength=len(actions))
+    sums = np.bincount(logged_action, weights=reward, minlength=len(actions))
+    return [
+        ActionSummary(
+            action=name,
+            logged_share=float(counts[i] / logged_action.size),
+            target_share=float(target[:, i].mean()),
+            logged_mean_reward=float(sums[i] / counts[i]) if counts[i] else None,
+            model_mean_reward=float(q_hat[:, i].mean()),
+        )
+        for i, name in enumerate(actions)
+    ]
+
+
+def _weight_histogram(w: np.ndarray, bins: int = 24) -> WeightHistogram:
+    positive = w[w > 0.0]
+    if positive.size == 0:
+        return WeightHistogram(edges=[], counts=[], zeros=int(w.size))
+    low, high = np.log10(positive.min()), np.log10(positive.max())
+    edges = np.logspace(low, high if high > low else low + 1e-6, bins + 1)
+    counts, edges = np.histogram(positive, bins=edges)
+    return WeightHistogram(edges=edges.tolist(), counts=counts.tolist(), zeros=int(w.size - positive.size))

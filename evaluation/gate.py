@@ -8,6 +8,7 @@ never deployed.
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,12 +18,34 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.config import EvaluationConfig, GateConfig
+from evaluation.errors import EvaluationError
 from evaluation.evaluate import evaluate_policy
+from evaluation.html_report import save_html_report, write_tensorboard_scalars
 from evaluation.report import CpeReport, save_report
 from features import NormalizationSpec
 from trainer import CorruptModelError, ModelRegistry, OnnxPolicy, RegistryError
 
 GATE_FILE = "gate.json"
+ALERTS_FILE = "alerts.jsonl"
+
+_log = logging.getLogger(__name__)
+
+
+class GateAlert(BaseModel):
+    """An anomaly that holds a model back until a person looks: the estimate swung too far."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+    schema_version: Literal[1] = 1
+    kind: Literal["swing"] = "swing"
+    model_version: str
+    previous_model_version: str
+    previous_value: float
+    value: float
+    swing: float
+    max_swing: float
+    message: str
+    raised_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class GateDecision(BaseModel):
@@ -38,6 +61,8 @@ class GateDecision(BaseModel):
         default_factory=dict, description="the values the decision was based on, by name"
     )
     config: GateConfig
+    alerts: list[GateAlert] = Field(default_factory=list)
+    summary: str = Field("", description="the plain-language verdict with the outcome, for people")
     deployed: bool = False
     decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -47,11 +72,12 @@ def _finite(*values: float | None) -> bool:
 
 
 def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig) -> GateDecision:
-    """Approve only if the normalized DR lower bound ≥ threshold, ESS ≥ minimum, all values are
+    """Approve only if the normalized DR lower bound ≥ threshold, ESS ≥ minimum, every estimate is
     finite, the report is reliable and (when `max_swing` is set) the DR value moved at most
-    `max_swing` relative to the previous model's report."""
+    `max_swing` relative to the previous model's report; a larger swing also raises an alert."""
     dr = report.headline_estimate
     reasons: list[str] = []
+    alerts: list[GateAlert] = []
     checked: dict[str, float | None] = {
         "dr_value": dr.value,
         "dr_normalized": dr.normalized,
@@ -69,6 +95,16 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
             f"normalized DR lower bound {dr.normalized_ci_low:.4f} is below the threshold {config.threshold:.4f} "
             f"(estimate {dr.normalized:.4f}×, {int(round(dr.confidence * 100))}% interval)"
         )
+    broken = sorted(
+        name
+        for name, e in report.estimates.items()
+        if name != report.headline and not _finite(e.value, e.ci_low, e.ci_high)
+    )
+    if broken:
+        reasons.append(
+            f"estimates {broken} are NaN or infinite; a corrupt input or an overflowing weight is likely — "
+            "inspect the report's weight diagnostics"
+        )
     ess = dr.effective_sample_size
     if ess is not None and math.isfinite(ess) and ess < config.min_effective_sample_size:
         reasons.append(
@@ -83,17 +119,55 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         checked["previous_dr_value"] = before
         checked["swing"] = swing
         if not (swing <= config.max_swing):
-            reasons.append(
+            message = (
                 f"DR value moved from {before:.4g} (model {previous.model_version}) to {dr.value:.4g}, a relative "
-                f"change of {swing:.3f} > max_swing {config.max_swing:.3f}; check the data before trusting it"
+                f"change of {swing:.3f} > max_swing {config.max_swing:.3f}; model held — check the data "
+                "before trusting it"
             )
+            reasons.append(message)
+            alerts.append(
+                GateAlert(
+                    model_version=report.model_version,
+                    previous_model_version=previous.model_version,
+                    previous_value=before,
+                    value=dr.value,
+                    swing=swing,
+                    max_swing=config.max_swing,
+                    message=message,
+                )
+            )
+    outcome = "approved" if not reasons else f"rejected: {'; '.join(reasons)}"
     return GateDecision(
         model_version=report.model_version,
         approved=not reasons,
         reasons=reasons,
         checked=checked,
         config=config,
+        alerts=alerts,
+        summary=f"{_short_verdict(report)}; {outcome}",
     )
+
+
+def _short_verdict(report: CpeReport) -> str:
+    e = report.headline_estimate
+    pct = int(round(e.confidence * 100))
+    return (
+        f"the new policy ({report.model_version}) is estimated at {e.normalized:.2f}× the logged policy "
+        f"({pct} % CI {e.normalized_ci_low:.2f}–{e.normalized_ci_high:.2f})"
+    )
+
+
+def record_alerts(decision: GateDecision, reports_dir: Path | str) -> Path | None:
+    """Append the decision's alerts to `reports_dir/alerts.jsonl` and log each as a warning."""
+    if not decision.alerts:
+        return None
+    path = Path(reports_dir) / ALERTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        for alert in decision.alerts:
+            out.write(alert.model_dump_json() + "\n")
+            _log.warning("CPE gate alert for model %s: %s", alert.model_version, alert.message)
+    return path
 
 
 def _save_decision(decision: GateDecision, directory: Path) -> Path:
@@ -113,9 +187,15 @@ def evaluate_and_gate(
     spec: NormalizationSpec,
     reports_dir: Path | str,
     previous_report: CpeReport | None = None,
+    tensorboard_dir: Path | str | None = None,
 ) -> tuple[CpeReport | None, GateDecision]:
-    """Evaluate a registered version, gate it, write `reports_dir/<version>/{cpe_report,gate}.json`,
-    and deploy it only when approved. A model that fails to load yields no report and a rejection."""
+    """Evaluate a registered version, gate it, write `reports_dir/<version>/{cpe_report.json,
+    gate.json,report.html}` (+ TensorBoard scalars under `tensorboard_dir`), append alerts to
+    `reports_dir/alerts.jsonl`, and deploy it only when approved. A model that fails to load or
+    cannot be evaluated yields no report and a rejection.
+
+    Pass timelines the candidate was NOT trained on (see `hold_out_mdps`), or the estimate
+    carries the winner's curse of being scored on its own training data."""
     out_dir = Path(reports_dir) / version
     try:
         policy = OnnxPolicy.load(registry, version)
@@ -128,9 +208,21 @@ def evaluate_and_gate(
         )
         _save_decision(decision, out_dir)
         return None, decision
-    report = evaluate_policy(timelines, policy, config, spec)
+    try:
+        report = evaluate_policy(timelines, policy, config, spec)
+    except EvaluationError as exc:
+        _log.error("model %s could not be evaluated: %s", version, exc)
+        decision = GateDecision(
+            model_version=version,
+            approved=False,
+            reasons=[f"model {version} could not be evaluated: {exc}"],
+            config=config.gate,
+        )
+        _save_decision(decision, out_dir)
+        return None, decision
     save_report(report, out_dir)
     decision = gate_model(report, previous_report, config.gate)
+    record_alerts(decision, reports_dir)
     if decision.approved:
         dr = report.headline_estimate
         registry.deploy(
@@ -139,4 +231,7 @@ def evaluate_and_gate(
         )
         decision = decision.model_copy(update={"deployed": True})
     _save_decision(decision, out_dir)
+    save_html_report(report, out_dir, decision.summary, decision.reasons)
+    if tensorboard_dir is not None:
+        write_tensorboard_scalars(report, tensorboard_dir)
     return report, decision

@@ -15,10 +15,33 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluation.errors import ReportError
 from evaluation.estimators import Estimate
+from evaluation.fqe import FqeFit
 from evaluation.reward_model import RewardModelFit
 
 REPORT_FILE = "cpe_report.json"
 HEADLINE_ESTIMATOR = "dr"
+
+
+class ActionSummary(BaseModel):
+    """How the target policy uses one action compared with the logged policy, and what it is worth."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+    action: str
+    logged_share: float = Field(description="share of logged decisions that took this action")
+    target_share: float = Field(description="mean probability the target policy gives this action")
+    logged_mean_reward: float | None = Field(description="mean reward where it was logged; None if never")
+    model_mean_reward: float = Field(description="mean q̂(x, action) over all logged contexts")
+
+
+class WeightHistogram(BaseModel):
+    """Distribution of the one-step importance weights π/μ (log-spaced bins; zeros counted apart)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    edges: list[float]
+    counts: list[int]
+    zeros: int = Field(description="decisions the target policy would never take (weight 0)")
 
 
 class CpeReport(BaseModel):
@@ -37,6 +60,9 @@ class CpeReport(BaseModel):
     estimates: dict[str, Estimate]
     headline: str = Field(HEADLINE_ESTIMATOR, description="key of the estimate the gate judges")
     reward_model: RewardModelFit
+    fqe: FqeFit | None = None
+    actions: list[ActionSummary] = Field(default_factory=list)
+    weight_histogram: WeightHistogram | None = None
     reliable: bool
     warnings: list[str] = Field(default_factory=list)
     verdict: str
@@ -80,10 +106,10 @@ def describe_verdict(
     """One sentence a product owner can act on, built from the headline estimate."""
     pct = int(round(estimate.confidence * 100))
     head = (
-        f"Model {model_version} as served is estimated at {estimate.value:.4g} mean reward per decision "
-        f"({pct}% interval {estimate.ci_low:.4g} to {estimate.ci_high:.4g}) vs {logged_value:.4g} for the "
-        f"logged policy, i.e. {estimate.normalized:.3f}× (interval {estimate.normalized_ci_low:.3f}× to "
-        f"{estimate.normalized_ci_high:.3f}×)"
+        f"Model {model_version} as served is estimated at {estimate.normalized:.2f}× the logged policy "
+        f"({pct}% CI {estimate.normalized_ci_low:.2f}–{estimate.normalized_ci_high:.2f}): "
+        f"{estimate.value:.4g} mean reward per decision ({pct}% CI {estimate.ci_low:.4g} to "
+        f"{estimate.ci_high:.4g}) vs {logged_value:.4g} logged"
     )
     if not reliable:
         return f"{head}; NOT reliable: {'; '.join(warnings)}."

@@ -60,7 +60,7 @@ def _fit_ridge(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, flo
     return beta, y_mean - float(x_mean @ beta)
 
 
-def _fit_heads(
+def fit_action_heads(
     x: np.ndarray, action: np.ndarray, y: np.ndarray, n_actions: int, config: RidgeRewardModelConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """[F, A] slopes and [A] intercepts; sparse actions fall back to the pooled (all-action) fit."""
@@ -74,7 +74,7 @@ def _fit_heads(
     return betas, intercepts
 
 
-def _fold_of_episode(episode_index: np.ndarray, folds: int, seed: int) -> np.ndarray:
+def fold_of_episode(episode_index: np.ndarray, folds: int, seed: int) -> np.ndarray:
     n_episodes = int(episode_index.max()) + 1
     assignment = np.random.default_rng(seed).permutation(n_episodes) % folds
     return assignment[episode_index]
@@ -103,10 +103,10 @@ def cross_fit_reward_model(
     if n_episodes < config.folds:
         q_hat[:] = y.mean() if n else math.nan
     else:
-        fold = _fold_of_episode(np.asarray(episode_index, dtype=np.int64), config.folds, seed)
+        fold = fold_of_episode(np.asarray(episode_index, dtype=np.int64), config.folds, seed)
         for k in range(config.folds):
             test = fold == k
-            betas, intercepts = _fit_heads(x[~test], a[~test], y[~test], n_actions, config)
+            betas, intercepts = fit_action_heads(x[~test], a[~test], y[~test], n_actions, config)
             q_hat[test] = x[test] @ betas + intercepts
     predicted = q_hat[np.arange(n), a]
     sse = float(np.sum((y - predicted) ** 2))

@@ -1,4 +1,4 @@
-"""features stage: normalization specs (fit, save, diff, apply in numpy/torch) and the Feast store.
+"""features stage: normalization specs (fit, publish, diff, report, apply in numpy/torch) and the Feast store.
 
 Torch (`NormalizationModule`) and Feast entry points are imported lazily on first use:
 `import feast` costs 10-20 s and torch ~3 s, and numpy-only users must not pay for them.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from features.drift import population_stability
 from features.identify import (
+    FeatureOverride,
     NormalizationConfig,
     NormalizationFitError,
     fit_normalization,
@@ -29,10 +31,26 @@ from features.spec import (
     save_spec,
 )
 from features.transform import build_feature_matrix, normalize
+from features.versioning import (
+    PublishedSpec,
+    SpecChangeBlockedError,
+    acknowledge_spec,
+    latest_spec,
+    publish_spec,
+)
 
 _LAZY = {
     "NormalizationModule": "features.module",
+    "FeastReaderConfig": "features.store",
     "FeatureStoreConfig": "features.store",
+    "RedisReaderConfig": "features.store",
+    "FeatureViewStatus": "features.online",
+    "RedisOnlineFeatureReader": "features.online",
+    "feature_view_status": "features.online",
+    "open_online_reader": "features.online",
+    "fit_normalization_spark": "features.identify_spark",
+    "spark_feature_columns": "features.identify_spark",
+    "write_feature_report": "features.report",
     "FeatureStoreError": "features.store",
     "OnlineFeatureReader": "features.store",
     "build_feature_store": "features.store",
@@ -46,20 +64,27 @@ _LAZY = {
 __all__ = [
     "DataRange",
     "FeatureNormalization",
+    "FeatureOverride",
     "FeatureStats",
     "FeatureType",
     "NormalizationConfig",
     "NormalizationFitError",
     "NormalizationParameters",
     "NormalizationSpec",
+    "PublishedSpec",
+    "SpecChangeBlockedError",
     "SpecDiff",
     "SpecError",
+    "acknowledge_spec",
     "build_feature_matrix",
     "diff_specs",
     "fit_normalization",
     "frame_from_feature_maps",
+    "latest_spec",
     "load_spec",
     "normalize",
+    "population_stability",
+    "publish_spec",
     "save_spec",
     *_LAZY,
 ]

@@ -14,6 +14,7 @@ from torch import nn
 from features.spec import (
     ACTION_EPS,
     BOXCOX_MIN_SHIFTED,
+    CLIP_LOG_MIN,
     OUTPUT_CLAMP,
     PROBABILITY_EPS,
     FeatureType,
@@ -134,6 +135,8 @@ class NormalizationModule(nn.Module):
             return torch.clamp(y, -1.0 + ACTION_EPS, 1.0 - ACTION_EPS)
         if kind is FeatureType.DO_NOT_PREPROCESS:
             return v
+        if kind is FeatureType.CLIP_LOG:
+            return torch.log(torch.clamp(v, min=CLIP_LOG_MIN))
         raise AssertionError(kind)  # pragma: no cover
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,8 @@ PROBABILITY_EPS = 1e-5
 ACTION_EPS = 1e-6
 #: BOXCOX inputs are floored here after the shift so the power stays defined.
 BOXCOX_MIN_SHIFTED = 1e-6
+#: CLIP_LOG computes log(max(x, CLIP_LOG_MIN)) (so 0 and negatives map to log(1e-5) ≈ -11.5).
+CLIP_LOG_MIN = 1e-5
 
 
 class SpecError(StreamrlError):
@@ -54,6 +56,7 @@ class FeatureType(StrEnum):
     QUANTILE = "quantile"
     CONTINUOUS_ACTION = "continuous_action"
     DO_NOT_PREPROCESS = "do_not_preprocess"
+    CLIP_LOG = "clip_log"
 
 
 class _Model(BaseModel):
@@ -89,6 +92,18 @@ class FeatureStats(_Model):
     max: float | None = None
     mean: float | None = None
     std: float | None = None
+    bin_edges: list[float] | None = Field(
+        None, description="interior cut points (deciles of the sample); drift (PSI) is measured on them"
+    )
+    bin_shares: list[float] | None = Field(None, description="share of present values per bin (len(edges)+1)")
+
+    @model_validator(mode="after")
+    def _bins_match(self) -> FeatureStats:
+        if (self.bin_edges is None) != (self.bin_shares is None) or (
+            self.bin_edges is not None and len(self.bin_shares) != len(self.bin_edges) + 1
+        ):
+            raise ValueError("bin_shares must have one more entry than bin_edges (or both be absent)")
+        return self
 
 
 class FeatureNormalization(_Model):
@@ -98,6 +113,7 @@ class FeatureNormalization(_Model):
     feature_type: FeatureType
     parameters: NormalizationParameters = Field(default_factory=NormalizationParameters)
     stats: FeatureStats | None = None
+    reason: str | None = Field(None, description="why this type was chosen (for people; not hashed)")
 
     @model_validator(mode="after")
     def _parameters_fit_type(self) -> FeatureNormalization:

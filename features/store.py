@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,9 +25,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import feast
 
 __all__ = [
+    "FeastReaderConfig",
     "FeatureStoreConfig",
     "FeatureStoreError",
     "OnlineFeatureReader",
+    "RedisReaderConfig",
     "build_feature_store",
     "get_training_features",
     "open_feature_store",
@@ -44,6 +46,30 @@ class FeatureStoreError(StreamrlError):
     def __init__(self, message: str, *, store: str = "") -> None:
         super().__init__(message)
         self.store = store
+
+
+class FeastReaderConfig(BaseModel):
+    """Serve online reads through Feast's `get_online_features` (the reference path)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["feast"] = "feast"
+
+
+class RedisReaderConfig(BaseModel):
+    """Serve online reads with one pipelined HMGET per batch straight from Feast's Redis layout.
+
+    Same answers as the Feast reader (a test checks), without Feast's per-value Python conversion:
+    ~10× faster for batches of 100 entities (see benchmarks/features_bench.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["redis"] = "redis"
+    socket_timeout_s: float = Field(2.0, gt=0)
+
+
+OnlineReaderConfig = Annotated[FeastReaderConfig | RedisReaderConfig, Field(discriminator="type")]
 
 
 class FeatureStoreConfig(BaseModel):
@@ -64,6 +90,7 @@ class FeatureStoreConfig(BaseModel):
     feature_names: list[str] = Field(min_length=1)
     ttl_s: int = Field(7 * 24 * 3600, gt=0, description="how far back the point-in-time join looks")
     online_key_ttl_s: int | None = Field(None, gt=0, description="Redis expiry of an entity's features")
+    online_reader: OnlineReaderConfig = Field(default_factory=FeastReaderConfig)
 
     @field_validator("redis_connection")
     @classmethod

@@ -22,6 +22,7 @@ import numpy as np
 from features.spec import (
     ACTION_EPS,
     BOXCOX_MIN_SHIFTED,
+    CLIP_LOG_MIN,
     OUTPUT_CLAMP,
     PROBABILITY_EPS,
     FeatureNormalization,
@@ -75,6 +76,8 @@ def _transform_present(feature: FeatureNormalization, x: np.ndarray) -> np.ndarr
         y = np.clip(y, _F32(-1.0 + ACTION_EPS), _F32(1.0 - ACTION_EPS))
     elif kind is FeatureType.DO_NOT_PREPROCESS:
         y = x
+    elif kind is FeatureType.CLIP_LOG:
+        y = np.log(np.maximum(x, _F32(CLIP_LOG_MIN)))
     elif kind is FeatureType.ENUM:
         values = np.asarray(p.possible_values, dtype=_F32)
         return (x[:, None] == values[None, :]).astype(_F32)

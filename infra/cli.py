@@ -30,8 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("infra.commands.stream", "run the Spark timeline job"),
     "serve": ("infra.commands.serve", "run the HTTP action service"),
     "monitor": ("infra.commands.monitor", "show live metrics per model version (--worker runs the agents)"),
+    "train": ("infra.commands.train", "train one run from its YAML and register the model (not deployed)"),
     "refresh": ("infra.commands.refresh", "train, evaluate, gate and deploy a new model (nightly)"),
     "rollback": ("infra.commands.rollback", "restore the previously deployed model"),
+    "features": ("infra.commands.features", "feature store freshness; acknowledge a refused spec"),
 }
 
 

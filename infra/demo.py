@@ -273,6 +273,8 @@ def _report_night(progress: Progress, result: RefreshResult, summary: DaySummary
     if result.spec_diff is not None and result.spec_diff.has_changes:
         progress(f"    normalization spec changed: {result.spec_diff.summary()}")
     progress(f"    spec {result.spec.version} -> {result.spec_path}")
+    if result.feature_report is not None:
+        progress(f"    feature report {result.feature_report}")
     progress(
         f"    candidate {summary.candidate_version}: TD loss "
         f"{result.candidate.training_metrics.get('train/td_loss', float('nan')):.4f}"

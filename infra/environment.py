@@ -73,6 +73,7 @@ class Environment:
             offline_dir=self.run_dir / "offline_features",
             feature_names=list(self.config.feature_store.feature_names),
             ttl_s=self.config.feature_store.ttl_s,
+            online_reader=self.config.feature_store.online_reader,
         )
 
     def serving_config(self) -> ServingConfig:

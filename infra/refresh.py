@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from evaluation import CpeReport, GateDecision, evaluate_and_gate
+from evaluation import CpeReport, GateDecision, evaluate_and_gate, hold_out_mdps
 from features import (
     NormalizationSpec,
     SpecDiff,
-    diff_specs,
     fit_normalization,
     frame_from_feature_maps,
-    save_spec,
+    publish_spec,
 )
 from infra.environment import Environment
 from trainer import ModelRegistry
@@ -37,6 +36,7 @@ class RefreshResult:
     report: CpeReport | None
     decision: GateDecision
     tensorboard_dir: Path
+    feature_report: Path | None = None
 
 
 def run_refresh(
@@ -55,10 +55,18 @@ def run_refresh(
     `evaluation_rows` should be what the currently deployed policy logged since the last
     refresh: CPE compares the candidate with exactly that logging policy.
     """
+    # Hold a share of the evaluation MDPs out of training, so CPE never scores the candidate on
+    # the decisions it was fitted to (winner's curse); `evaluation.holdout_fraction`, 0 disables.
+    training_rows, evaluation_rows = hold_out_mdps(
+        training_rows, evaluation_rows, env.config.evaluation.holdout_fraction, env.config.evaluation.seed
+    )
     frame = frame_from_feature_maps(training_rows["state_features"].tolist())
     spec = fit_normalization(frame, env.config.normalization)
-    spec_diff = diff_specs(previous_spec, spec) if previous_spec is not None else None
-    spec_path = save_spec(spec, env.specs_dir)
+    # Diff against the previous spec, write the feature report, refuse blocked changes (raises).
+    published = publish_spec(
+        spec, env.specs_dir, env.config.normalization, previous=previous_spec, frame=frame
+    )
+    spec_diff, spec_path = published.diff, published.path
     registry = ModelRegistry(env.registry_dir)
     log_dir = env.tensorboard_dir / label
     candidate = train_and_register(
@@ -72,6 +80,7 @@ def run_refresh(
         spec,
         env.reports_dir,
         previous_report=previous_report,
+        tensorboard_dir=log_dir,
     )
     return RefreshResult(
         spec=spec,
@@ -81,4 +90,5 @@ def run_refresh(
         report=report,
         decision=decision,
         tensorboard_dir=log_dir,
+        feature_report=published.report_path,
     )

@@ -66,7 +66,7 @@ class _Runtime:
     holder: ModelHolder
     decision_log: DecisionLog
     event_logger: EventLogger
-    feature_reader: Any | None  # features.OnlineFeatureReader, imported only when configured
+    feature_reader: Any | None  # features.OnlineReader, imported only when configured
     rng: np.random.Generator
     rng_lock: threading.Lock
 
@@ -159,12 +159,10 @@ def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
         ) from exc
     feature_reader = None
     if config.feature_store is not None:
-        from features import OnlineFeatureReader, open_feature_store
+        from features import open_online_reader
 
-        try:
-            feature_reader = OnlineFeatureReader(
-                open_feature_store(config.feature_store), config.feature_store
-            )
+        try:  # Feast client or the raw Redis reader, by feature_store.online_reader.type
+            feature_reader = open_online_reader(config.feature_store)
         except Exception as exc:
             event_logger.close(1.0)
             raise ServingStartupError(f"cannot open the online feature store: {exc}") from exc

@@ -1,12 +1,23 @@
 """Off-policy training on timelines, ONNX export and the local model registry.
 
-Entry points: `train_and_register` (train → export → register), `train_dqn`, `export_model`,
+Entry points: `run_training` (one run from its YAML `TrainRunConfig`, single process or
+under torchrun), `train_and_register` (train → export → register), `train_dqn`, `export_model`,
 `ModelRegistry` (register / get / deploy / rollback) and `OnnxPolicy` (what evaluation and
 serving run). The ONNX contract is in `trainer.artifact`; exploration in `trainer.policy`.
 """
 
+from trainer.algorithms import TRAIN_FUNCTIONS, AlgorithmConfig, UnknownAlgorithmError, train_function
 from trainer.artifact import DataRange, ModelMetadata
+from trainer.checkpoint import CheckpointConfig, CheckpointError
 from trainer.config import DqnConfig
+from trainer.continuous import ContinuousActor, ContinuousTrainingResult, train_continuous
+from trainer.continuous_export import (
+    ContinuousOnnxPolicy,
+    continuous_log_prob,
+    export_continuous_policy,
+    sample_actions,
+)
+from trainer.distributed import DistributedConfig, DistributedContext, DistributedError
 from trainer.dqn import QNetwork, TrainingResult, train_dqn
 from trainer.errors import (
     CorruptModelError,
@@ -26,14 +37,26 @@ from trainer.policy import (
     action_distribution,
 )
 from trainer.registry import DeploymentEvent, DeploymentKind, DeploymentState, ModelRegistry
-from trainer.workflow import code_version, train_and_register
+from trainer.run_config import RunConfigError, TrainRunConfig, load_run_config
+from trainer.sac import SacConfig, train_sac
+from trainer.td3 import Td3Config, train_td3
+from trainer.workflow import code_version, run_training, train_and_register
 
 __all__ = [
+    "AlgorithmConfig",
+    "CheckpointConfig",
+    "CheckpointError",
+    "ContinuousActor",
+    "ContinuousOnnxPolicy",
+    "ContinuousTrainingResult",
     "CorruptModelError",
     "DataRange",
     "DeploymentEvent",
     "DeploymentKind",
     "DeploymentState",
+    "DistributedConfig",
+    "DistributedContext",
+    "DistributedError",
     "DqnConfig",
     "EpsilonGreedyExploration",
     "ExplorationConfig",
@@ -45,14 +68,29 @@ __all__ = [
     "PolicyInputError",
     "QNetwork",
     "RegistryError",
+    "RunConfigError",
+    "SacConfig",
     "SoftmaxExploration",
+    "TRAIN_FUNCTIONS",
+    "Td3Config",
+    "TrainRunConfig",
     "TrainerError",
     "TrainingDataError",
     "TrainingResult",
+    "UnknownAlgorithmError",
     "action_distribution",
     "check_parity",
     "code_version",
+    "continuous_log_prob",
+    "export_continuous_policy",
     "export_model",
+    "load_run_config",
+    "run_training",
+    "sample_actions",
     "train_and_register",
+    "train_continuous",
     "train_dqn",
+    "train_function",
+    "train_sac",
+    "train_td3",
 ]

@@ -23,6 +23,21 @@ MASK_INPUT = "possible_actions_mask"
 Q_OUTPUT = "q_values"
 PROBS_OUTPUT = "action_probabilities"
 
+# The ONNX contract of continuous-action policies (SAC, TD3; `trainer.continuous_export`):
+#   inputs   `features`        float32 [batch, n_features]  raw values, NaN = missing
+#   outputs  `action_mean`     float32 [batch, action_dim]  greedy action in env units, within [low, high]
+#            `action_loc`      float32 [batch, action_dim]  mean of the pre-squash Gaussian (unit space)
+#            `action_log_std`  float32 [batch, action_dim]  log std of the pre-squash Gaussian
+# `action_mean = low + (tanh(action_loc) + 1) / 2 * (high - low)`. Exploring callers sample
+# `low + (tanh(action_loc + exp(action_log_std) * eps) + 1) / 2 * (high - low)`, eps ~ N(0, I)
+# (`trainer.continuous_export.sample_actions`); `continuous_log_prob` gives that sample's log density.
+# Bounds are in `metadata.algorithm_config` (`action_low`, `action_high`); action order is
+# `metadata.actions` (one name per action dimension).
+ACTION_MEAN_OUTPUT = "action_mean"
+ACTION_LOC_OUTPUT = "action_loc"
+ACTION_LOG_STD_OUTPUT = "action_log_std"
+CONTINUOUS_OUTPUTS = (ACTION_MEAN_OUTPUT, ACTION_LOC_OUTPUT, ACTION_LOG_STD_OUTPUT)
+
 
 class DataRange(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -18,6 +18,7 @@ class DqnConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: Literal[1] = 1
+    type: Literal["dqn"] = "dqn"
     gamma: float = Field(0.9, ge=0.0, le=1.0)
     double_q: bool = True
     dueling: bool = True
@@ -30,7 +31,7 @@ class DqnConfig(BaseModel):
     seed: int = 0
     softmax_temperature: float = Field(1.0, gt=0.0)
     reward_clip: float | None = Field(None, gt=0.0, description="clip rewards to [-c, c]; None = no clipping")
-    device: Literal["cpu"] = "cpu"
+    device: Literal["cpu", "cuda"] = Field("cpu", description="cuda trains on GPU (NCCL when distributed)")
     num_threads: int = Field(
         1, ge=1, description="torch intra-op threads while training (small MLPs: 1 is fastest)"
     )

@@ -1,4 +1,5 @@
-"""Train → export → register, as one typed function the CLI and the continuous loop call."""
+"""Train → export → register: `train_and_register` (in-memory timelines, the nightly refresh) and
+`run_training` (one run from its YAML config, single process or under torchrun)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import NormalizationSpec, build_feature_matrix
+from features import (
+    NormalizationSpec,
+    build_feature_matrix,
+    fit_normalization,
+    frame_from_feature_maps,
+    load_spec,
+    save_spec,
+)
+from stream import load_timelines
+from trainer.algorithms import train_function
 from trainer.artifact import ModelMetadata
 from trainer.config import DqnConfig
 from trainer.data import build_possible_mask, feature_maps
-from trainer.dqn import train_dqn
+from trainer.distributed import open_process_group
+from trainer.dqn import StepHook, TrainingResult, train_dqn
+from trainer.errors import TrainingDataError
 from trainer.export import export_model, parity_sample
 from trainer.policy import ExplorationConfig
 from trainer.registry import ModelRegistry
+from trainer.run_config import TrainRunConfig
 
 
 def train_and_register(
@@ -34,13 +47,69 @@ def train_and_register(
     Registering does not deploy: the evaluation gate decides that.
     """
     result = train_dqn(timelines, spec, actions, config, log_dir)
+    return _export_and_register(result, timelines, spec, config, registry, exploration)
+
+
+def run_training(config: TrainRunConfig, *, on_step: StepHook | None = None) -> ModelMetadata | None:
+    """Run one training run from its config: load data and spec, train, export, register.
+
+    Under torchrun every process trains its shard; only rank 0 registers and gets the metadata
+    (the others return None). Resumes from the newest checkpoint when one is configured.
+    """
+    algorithm = config.algorithm
+    with open_process_group(config.distributed, algorithm.device) as context:
+        timelines = load_timelines(config.data.output_dir, config.data.start, config.data.end)
+        if len(timelines) == 0:
+            raise TrainingDataError(
+                f"no timelines under {config.data.output_dir} in [{config.data.start}, {config.data.end}); "
+                "check data.output_dir and the time range (is the stream job writing there?)"
+            )
+        spec = _normalization_spec(config, timelines, write=context.is_main)
+        train = train_function(algorithm.type)
+        result = train(
+            timelines,
+            spec,
+            config.actions,
+            algorithm,
+            config.output.log_dir,
+            checkpoint=config.checkpoint,
+            distributed=context,
+            on_step=on_step,
+        )
+        metadata = None
+        if context.is_main:
+            registry = ModelRegistry(config.output.registry_dir)
+            metadata = _export_and_register(result, timelines, spec, algorithm, registry, config.exploration)
+        context.barrier()
+    return metadata
+
+
+def _normalization_spec(config: TrainRunConfig, timelines: pd.DataFrame, *, write: bool) -> NormalizationSpec:
+    """The configured spec, or one fitted on the training states (saved next to the logs)."""
+    if config.normalization.spec_path is not None:
+        return load_spec(config.normalization.spec_path)
+    frame = frame_from_feature_maps(feature_maps(timelines["state_features"]))
+    spec = fit_normalization(frame, config.normalization.fit)
+    if write:
+        save_spec(spec, config.output.spec_dir or config.output.log_dir)
+    return spec
+
+
+def _export_and_register(
+    result: TrainingResult,
+    timelines: pd.DataFrame,
+    spec: NormalizationSpec,
+    config: DqnConfig,
+    registry: ModelRegistry,
+    exploration: ExplorationConfig,
+) -> ModelMetadata:
     features, mask = _parity_rows(timelines, result.feature_names, result.actions, config.seed)
     onnx_bytes = export_model(result.network, config.softmax_temperature, features, mask)
     return registry.register(
         onnx_bytes,
         feature_names=result.feature_names,
         actions=result.actions,
-        algorithm="dqn",
+        algorithm=config.type,
         algorithm_config=config.model_dump(mode="json"),
         exploration=exploration,
         normalization_spec_version=spec.version,

@@ -22,6 +22,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from features import latest_spec
     from infra.refresh import run_refresh
     from stream import load_timelines
     from trainer import ModelRegistry
@@ -41,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
         [a.strip() for a in args.actions.split(",") if a.strip()],
         env.config.demo.learned_exploration,
         label=now.strftime("%Y%m%dT%H%M%S"),
+        previous_spec=latest_spec(env.specs_dir),
     )
+    if result.spec_diff is not None and result.spec_diff.has_changes:
+        print(f"normalization spec changed: {result.spec_diff.summary()}")
+    print(f"spec {result.spec.version} -> {result.spec_path}")
+    if result.feature_report is not None:
+        print(f"feature report: {result.feature_report}")
     if result.report is not None:
         print(result.report.verdict)
     print(f"candidate {result.candidate.version}: {'deployed' if result.decision.approved else 'rejected'}")

@@ -12,8 +12,10 @@ from evaluation import (
     doubly_robust,
     ips,
     one_step_estimates,
+    self_normalized_doubly_robust,
     sequential_doubly_robust,
     snips,
+    switch_doubly_robust,
 )
 
 # REFERENCE §3: logged rewards (4, 5, 7); the target policy matches the logged action only on the
@@ -46,7 +48,7 @@ def test_one_step_known_answers() -> None:
 def test_one_step_estimates_share_resamples_with_single_estimators() -> None:
     together = one_step_estimates(PI, Q_HAT, LOGGED_ACTION, PROPENSITY, REWARD, seed=3)
     alone = doubly_robust(PI, Q_HAT, LOGGED_ACTION, PROPENSITY, REWARD, seed=3)
-    assert set(together) == {"dm", "ips", "snips", "dr"}
+    assert set(together) == {"dm", "ips", "snips", "dr", "sndr", "switch_dr"}
     assert (together["dr"].ci_low, together["dr"].ci_high) == (alone.ci_low, alone.ci_high)
 
 
@@ -150,3 +152,41 @@ def test_bad_shapes_and_empty_input_are_rejected() -> None:
         ips(PI, np.array([0, 2, 1]), PROPENSITY, REWARD)
     with pytest.raises(EvaluationError, match="grouped and non-decreasing"):
         sequential_doubly_robust(np.array([0, 1, 0]), PI, Q_HAT, LOGGED_ACTION, PROPENSITY, REWARD, 0.9)
+
+
+def test_sndr_and_switch_dr_known_answers() -> None:
+    args = (PI, Q_HAT, LOGGED_ACTION, PROPENSITY, REWARD)
+    # weights (0, 2, 0): SNDR = DM + Σ w(r − q̂) / Σ w = 10/3 + 2·(5 − 4) / 2
+    assert self_normalized_doubly_robust(*args).value == pytest.approx(10 / 3 + 1.0)
+    # τ = 3 keeps the weight 2: switch-DR = DR; τ = 1.5 drops it: switch-DR = DM, one of 3 rows clipped
+    kept = switch_doubly_robust(*args, switch_threshold=3.0)
+    assert kept.value == pytest.approx(10 / 3 + 2 * (5 - 4) / 3)
+    assert kept.clipped_share == 0.0
+    dropped = switch_doubly_robust(*args, switch_threshold=1.5)
+    assert dropped.value == pytest.approx(10 / 3)
+    assert dropped.clipped_share == pytest.approx(1 / 3)
+
+
+def test_tiny_data_is_marked_unreliable_not_silent() -> None:
+    e = doubly_robust(PI, Q_HAT, LOGGED_ACTION, PROPENSITY, REWARD)
+    assert not e.reliable
+    assert any("only 3 samples" in w for w in e.warnings)
+    pi, mean, action, mu, reward = _synthetic_bandit(2_000, seed=5)
+    assert doubly_robust(pi, mean, action, mu, reward).reliable
+
+
+def test_target_never_taking_logged_actions_is_flagged() -> None:
+    pi, mean, action, mu, reward = _synthetic_bandit(500, seed=6)
+    never = np.zeros_like(pi)
+    never[np.arange(500), (action + 1) % 3] = 1.0  # always an action other than the logged one
+    e = ips(never, action, mu, reward)
+    assert e.effective_sample_size == 0.0 and not e.reliable
+    assert any("never takes the logged actions" in w for w in e.warnings)
+    assert snips(never, action, mu, reward).warnings[0] == "snips: the value or its interval is not finite"
+
+
+def test_invalid_target_probabilities_and_rewards_are_rejected() -> None:
+    with pytest.raises(EvaluationError, match="target_probs must be finite, ≥ 0 and sum to 1"):
+        ips(np.array([[0.5, 0.2], [1.0, 0.0], [1.0, 0.0]]), LOGGED_ACTION, PROPENSITY, REWARD)
+    with pytest.raises(EvaluationError, match="reward must be finite; 1 are not, e.g. rows \\[2\\]"):
+        ips(PI, LOGGED_ACTION, PROPENSITY, np.array([1.0, 2.0, np.inf]))

@@ -173,3 +173,35 @@ def test_replaying_the_logging_policy_scores_one(
     dr = report.headline_estimate
     assert dr.normalized_ci_low < 1.0 < dr.normalized_ci_high
     assert "cannot tell it apart from the logged policy" in report.verdict
+
+
+def test_report_has_every_estimator_html_and_tensorboard(
+    bandit_timelines: pd.DataFrame, bandit_spec: NormalizationSpec, registry: ModelRegistry, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    version = register_linear_policy(registry, ORACLE_WEIGHTS, EPSILON).version
+    report, decision = evaluate_and_gate(
+        bandit_timelines.head(5_000),
+        registry,
+        version,
+        EvaluationConfig(),
+        bandit_spec,
+        tmp_path / "reports",
+        tensorboard_dir=tmp_path / "tb",
+    )
+    assert report is not None
+    assert set(report.estimates) == {
+        "dm", "ips", "snips", "dr", "sndr", "switch_dr", "pdis", "sequential_dr", "wdr", "magic", "fqe"
+    }  # fmt: skip
+    assert report.fqe is not None and report.fqe.iterations == 1  # one-step episodes
+    shares = {a.action: a for a in report.actions}
+    assert shares["stay"].logged_share == pytest.approx(0.6, abs=0.03)
+    assert sum(a.target_share for a in report.actions) == pytest.approx(1.0)
+    assert report.weight_histogram is not None and sum(report.weight_histogram.counts) > 0
+    page = (tmp_path / "reports" / version / "report.html").read_text()
+    assert decision.summary in page and page.count("data:image/png;base64,") == 3
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"cpe/dr/normalized", "cpe/magic/value", "cpe/logged_value"} <= set(events.Tags()["scalars"])
+    assert events.Scalars("cpe/dr/value")[0].value == pytest.approx(report.estimates["dr"].value, rel=1e-6)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from evaluation import CpeReport, Estimate, GateConfig, RewardModelFit, gate_model
+from evaluation import CpeReport, Estimate, GateAlert, GateConfig, RewardModelFit, gate_model, record_alerts
 
 
 def _report(
@@ -103,3 +103,35 @@ def test_decision_round_trips_as_json() -> None:
     decision = gate_model(_report(normalized_low=math.nan), None, GateConfig())
     again = type(decision).model_validate_json(decision.model_dump_json())
     assert again.approved is False and math.isnan(again.checked["dr_normalized_ci_low"])
+
+
+def test_swing_raises_an_alert_recorded_in_a_jsonl_file(tmp_path, caplog) -> None:
+    previous = _report(value=2.0, version="m0001-bbbbbbbb")
+    decision = gate_model(_report(value=3.0), previous, GateConfig(max_swing=0.2))
+    assert [a.kind for a in decision.alerts] == ["swing"]
+    assert decision.alerts[0].previous_model_version == "m0001-bbbbbbbb"
+    with caplog.at_level("WARNING", logger="evaluation.gate"):
+        path = record_alerts(decision, tmp_path)
+    assert path == tmp_path / "alerts.jsonl"
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 and GateAlert.model_validate_json(lines[0]).swing == pytest.approx(0.5)
+    assert "CPE gate alert for model m0002-aaaaaaaa" in caplog.text
+    assert record_alerts(gate_model(_report(), None, GateConfig()), tmp_path) is None
+
+
+def test_non_finite_secondary_estimate_rejects() -> None:
+    report = _report()
+    broken = report.headline_estimate.model_copy(update={"estimator": "pdis", "value": math.nan})
+    report = report.model_copy(update={"estimates": {**report.estimates, "pdis": broken}})
+    decision = gate_model(report, None, GateConfig())
+    assert not decision.approved
+    assert "estimates ['pdis'] are NaN or infinite" in decision.reasons[0]
+
+
+def test_summary_reads_as_a_sentence() -> None:
+    decision = gate_model(_report(normalized_low=1.05, value=2.2), None, GateConfig())
+    assert decision.summary == (
+        "the new policy (m0002-aaaaaaaa) is estimated at 1.10× the logged policy (95 % CI 1.05–1.20); approved"
+    )
+    rejected = gate_model(_report(normalized_low=0.98), None, GateConfig())
+    assert rejected.summary.endswith("; rejected: " + rejected.reasons[0])

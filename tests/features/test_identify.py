@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import FeatureType, NormalizationConfig, NormalizationFitError, fit_normalization
+from features import (
+    FeatureType,
+    NormalizationConfig,
+    NormalizationFitError,
+    fit_normalization,
+    frame_from_feature_maps,
+)
 
 
 def _frame(n: int = 3000, seed: int = 0) -> pd.DataFrame:
@@ -103,3 +109,74 @@ def test_same_data_gives_same_version_and_sampling_is_deterministic() -> None:
     assert a.version == b.version and a.version.startswith("spec-")
     c = fit_normalization(_frame(seed=1), config)
     assert c.version != a.version
+
+
+def test_action_features_map_their_full_range_and_say_why() -> None:
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"volume": rng.uniform(-2.0, 6.0, 500), "age": rng.normal(40.0, 12.0, 500)})
+    spec = fit_normalization(frame, NormalizationConfig(action_features=["volume"]))
+    volume = spec.feature("volume")
+    assert volume.feature_type is FeatureType.CONTINUOUS_ACTION
+    assert (volume.parameters.min_value, volume.parameters.max_value) == (
+        frame.volume.min(),
+        frame.volume.max(),
+    )
+    assert volume.reason.startswith("action feature")
+    assert spec.feature("age").feature_type is FeatureType.CONTINUOUS  # not an action: identified as usual
+    with pytest.raises(NormalizationFitError, match=r"\['typo'\]"):
+        fit_normalization(frame, NormalizationConfig(action_features=["typo"]))
+
+
+def test_clip_log_and_forced_parameters_come_from_config() -> None:
+    config = NormalizationConfig.model_validate(
+        {
+            "overrides": {
+                "spend": "clip_log",
+                "age": {"feature_type": "continuous", "parameters": {"mean": 1.0, "stddev": 2.0}},
+                "latency": {"feature_type": "quantile", "parameters": {"quantiles": [-1.0, 0.0, 1.0]}},
+            }
+        }
+    )
+    spec = fit_normalization(_frame(), config)
+    assert spec.feature("spend").feature_type is FeatureType.CLIP_LOG
+    age = spec.feature("age")
+    assert (age.parameters.mean, age.parameters.stddev) == (1.0, 2.0)  # verbatim, not fitted (≈ 40, 12)
+    assert age.reason == "type and parameters forced by config"
+    assert spec.feature("latency").parameters.quantiles == [-1.0, 0.0, 1.0]
+    bad = NormalizationConfig(overrides={"weekday": {"feature_type": "enum", "parameters": {"mean": 3.0}}})
+    with pytest.raises(NormalizationFitError, match="'weekday': forced parameters do not fit type enum"):
+        fit_normalization(_frame(), bad)
+
+
+def test_every_identified_feature_records_why_and_decile_bins() -> None:
+    spec = fit_normalization(_frame())
+    reasons = {f.name: f.reason for f in spec.features}
+    assert reasons["constant"].startswith("constant: every present value is 7")
+    assert reasons["spend"].startswith("skewed: D'Agostino K²")
+    assert reasons["latency"].startswith("very non-normal")
+    assert "one-hot" in reasons["weekday"]
+    age = spec.feature("age").stats
+    assert len(age.bin_edges) == 9 and sum(age.bin_shares) == pytest.approx(1.0)
+    assert spec.feature("constant").stats.bin_edges == [7.0]
+
+
+def test_mixed_types_name_the_feature_and_examples_and_numeric_text_is_accepted() -> None:
+    mixed = pd.DataFrame({"ok": [1.0, 2.0, 3.0], "score": [1.5, "n/a", 2.0]})
+    with pytest.raises(
+        NormalizationFitError, match=r"'score' mixes numbers and non-numbers: 1 of 3.*'n/a'"
+    ) as info:
+        fit_normalization(mixed)
+    assert info.value.feature == "score"
+    with pytest.raises(NormalizationFitError, match="'score' mixes numbers"):
+        frame_from_feature_maps([{"score": 1.0}, {"score": "n/a"}])
+    as_text = pd.DataFrame({"score": ["1.5", "2.5", None, "4"]}, dtype=object)
+    spec = fit_normalization(as_text)  # numbers stored as text: the documented fallback converts them
+    assert spec.feature("score").stats.count == 3
+
+
+def test_all_missing_feature_can_fall_back_to_neutral_parameters() -> None:
+    frame = pd.DataFrame({"ok": [1.0, 2.0, 5.0], "empty": [np.nan, np.inf, None]})
+    spec = fit_normalization(frame, NormalizationConfig(all_missing="neutral"))
+    empty = spec.feature("empty")
+    assert empty.feature_type is FeatureType.CONTINUOUS and empty.parameters.mean == 0.0
+    assert empty.stats.missing_share == 1.0 and "all_missing: neutral" in empty.reason

@@ -94,8 +94,15 @@ def _onnx(module: NormalizationModule, n_features: int, path: Path) -> ort.Infer
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def test_numpy_torch_onnx_agree_on_random_and_adversarial_inputs(tmp_path: Path) -> None:
-    spec = _spec()
+def _spec_with_clip_log() -> NormalizationSpec:
+    """The same, plus CLIP_LOG (log of the value floored at 1e-5) at the end."""
+    extra = FeatureNormalization(name="bytes", feature_type=FeatureType.CLIP_LOG)
+    return NormalizationSpec.create([*_spec().features, extra])
+
+
+@pytest.mark.parametrize("make_spec", [_spec, _spec_with_clip_log])
+def test_numpy_torch_onnx_agree_on_random_and_adversarial_inputs(tmp_path: Path, make_spec) -> None:
+    spec = make_spec()
     raw = _inputs(spec)
     expected = normalize(spec, raw)
     module = NormalizationModule(spec)
@@ -169,3 +176,13 @@ def test_fitted_spec_normalizes_its_own_data_to_standard_scale() -> None:
     spec = fit_normalization(frame)
     out = normalize(spec, frame.to_numpy(np.float32))
     assert abs(out[:, 0].mean()) < 0.01 and out[:, 0].std() == pytest.approx(1.0, abs=0.01)
+
+
+def test_clip_log_floors_zero_and_negatives_and_keeps_missing_missing() -> None:
+    spec = _spec_with_clip_log()
+    raw = np.full((4, spec.n_features), np.nan, dtype=np.float32)
+    raw[:, -1] = [math.e, 0.0, -5.0, np.nan]
+    out = normalize(spec, raw)
+    column = spec.output_dim - spec.n_features - 1  # last value column
+    np.testing.assert_allclose(out[:, column], [1.0, -11.5, -11.5, 0.0], atol=1e-5)  # log(1e-5) clamps
+    np.testing.assert_array_equal(out[:, -1], [1, 1, 1, 0])

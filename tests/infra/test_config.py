@@ -51,3 +51,14 @@ def test_environment_overrides_stack_section(tmp_path: Path, monkeypatch: pytest
     path.write_text("stack:\n  broker_port: 1111\n")
     monkeypatch.setenv("STREAMRL_BROKER_PORT", "2222")
     assert load_config(path).stack.broker_port == 2222
+
+
+def test_online_reader_is_selected_in_the_environment_file(tmp_path: Path) -> None:
+    path = tmp_path / "reader.yaml"
+    path.write_text("feature_store:\n  online_reader: {type: redis}\n")
+    env = Environment.from_config(load_config(path), tmp_path)
+    assert env.feature_store_config().online_reader.type == "redis"
+    assert env.serving_config().feature_store.online_reader.type == "redis"
+    path.write_text("feature_store:\n  online_reader: {type: memcached}\n")
+    with pytest.raises(ConfigError, match="online_reader"):
+        load_config(path)

@@ -1,0 +1,181 @@
+"""The CPE report for people: one self-contained HTML page, and TensorBoard scalars.
+
+The page leads with the verdict, then shows every estimator's normalized value with its
+interval, the importance-weight distribution and the per-action comparison, then the tables
+behind the plots. Plots are PNGs embedded inline, so the file can be mailed or archived alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.report import CpeReport
+
+HTML_FILE = "report.html"
+
+
+def _png(figure) -> str:  # noqa: ANN001 - a matplotlib Figure; imported lazily
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plots(report: CpeReport) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, str] = {}
+    names = list(report.estimates)
+    est = [report.estimates[n] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    y = np.arange(len(names))
+    centers = np.array([e.normalized for e in est])
+    low = np.array([e.normalized_ci_low for e in est])
+    high = np.array([e.normalized_ci_high for e in est])
+    ok = np.isfinite(centers) & np.isfinite(low) & np.isfinite(high)
+    ax.errorbar(centers[ok], y[ok], xerr=[centers[ok] - low[ok], high[ok] - centers[ok]], fmt="o", capsize=3)
+    ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, [n + ("" if e.reliable else " (unreliable)") for n, e in zip(names, est, strict=True)])
+    ax.set_xlabel("value relative to the logged policy (1.0 = as good)")
+    ax.set_title("Estimates and intervals per estimator")
+    plots["estimates"] = _png(fig)
+
+    hist = report.weight_histogram
+    if hist is not None and hist.counts:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        edges = np.asarray(hist.edges)
+        ax.bar(edges[:-1], hist.counts, width=np.diff(edges), align="edge", edgecolor="black")
+        ax.set_xscale("log")
+        ax.set_xlabel("importance weight π/μ of the logged action")
+        ax.set_ylabel("decisions")
+        ax.set_title(f"Weight distribution ({hist.zeros} decisions with weight 0)")
+        plots["weights"] = _png(fig)
+
+    if report.actions:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3))
+        x = np.arange(len(report.actions))
+        labels = [a.action for a in report.actions]
+        left.bar(x - 0.2, [a.logged_share for a in report.actions], 0.4, label="logged")
+        left.bar(x + 0.2, [a.target_share for a in report.actions], 0.4, label="new policy")
+        left.set_xticks(x, labels)
+        left.set_title("How often each action is taken")
+        left.legend()
+        logged = [
+            a.logged_mean_reward if a.logged_mean_reward is not None else math.nan for a in report.actions
+        ]
+        right.bar(x - 0.2, logged, 0.4, label="logged mean reward")
+        right.bar(
+            x + 0.2, [a.model_mean_reward for a in report.actions], 0.4, label="reward model, all contexts"
+        )
+        right.set_xticks(x, labels)
+        right.set_title("Value of each action")
+        right.legend()
+        plots["actions"] = _png(fig)
+    return plots
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+
+
+def render_html(
+    report: CpeReport, decision_summary: str | None = None, reasons: list[str] | None = None
+) -> str:
+    """The report as one HTML page; `decision_summary`/`reasons` come from the gate when known."""
+    esc = html.escape
+    plots = _plots(report)
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td>{_fmt(e.value)}</td><td>{_fmt(e.ci_low)} – {_fmt(e.ci_high)}</td>"
+        f"<td>{_fmt(e.normalized, 3)}×</td><td>{_fmt(e.normalized_ci_low, 3)} – {_fmt(e.normalized_ci_high, 3)}</td>"
+        f"<td>{_fmt(e.effective_sample_size, 5)}</td><td>{_fmt(e.max_weight)}</td><td>{_fmt(e.clipped_share, 3)}</td>"
+        f"<td>{'yes' if e.reliable else 'NO: ' + esc('; '.join(e.warnings))}</td></tr>"
+        for name, e in report.estimates.items()
+    )
+    action_rows = "".join(
+        f"<tr><td>{esc(a.action)}</td><td>{a.logged_share:.3f}</td><td>{a.target_share:.3f}</td>"
+        f"<td>{_fmt(a.logged_mean_reward)}</td><td>{_fmt(a.model_mean_reward)}</td></tr>"
+        for a in report.actions
+    )
+    images = "".join(f'<p><img alt="{esc(k)}" src="data:image/png;base64,{v}"></p>' for k, v in plots.items())
+    reason_list = "".join(f"<li>{esc(r)}</li>" for r in reasons or [])
+    warning_list = "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
+    fqe = report.fqe
+    headline = report.headline_estimate
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CPE report {esc(report.model_version)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}
+.verdict{{font-size:1.2em;padding:.6em;background:#f4f4f4;border-left:4px solid #444}}</style></head><body>
+<h1>Counterfactual evaluation of model {esc(report.model_version)}</h1>
+<p class="verdict">{esc(decision_summary or report.verdict)}</p>
+{f"<p>Gate reasons:</p><ul>{reason_list}</ul>" if reason_list else ""}
+<p>{esc(report.verdict)}</p>
+{f"<p>Warnings:</p><ul>{warning_list}</ul>" if warning_list else ""}
+<p>Data: {report.n_decisions} decisions in {report.n_episodes} episodes logged by
+{esc(", ".join(report.logged_policy_versions))} ({esc(str(report.data_start))} to {esc(str(report.data_end))}).
+Logged policy: {_fmt(report.logged_value)} mean reward per decision, {_fmt(report.logged_episode_value)}
+discounted return per episode (γ = {report.gamma}). The gate judges <b>{esc(report.headline)}</b>
+(normalized lower bound {_fmt(headline.normalized_ci_low, 3)}×).</p>
+<p>How to read it: 1.0× means "as good as the logged policy". One-step estimators (dm … switch_dr) value a
+single decision; sequential ones (pdis … magic, fqe) value a whole episode. An estimator is only as good as
+its effective sample size: far below the number of decisions, the new policy acts unlike the logged one.</p>
+{images}
+<h2>Estimates</h2>
+<table><tr><th>estimator</th><th>value</th><th>interval</th><th>normalized</th><th>normalized interval</th>
+<th>ESS</th><th>max weight</th><th>clipped share</th><th>reliable</th></tr>{rows}</table>
+<h2>Actions</h2>
+<table><tr><th>action</th><th>logged share</th><th>new policy share</th><th>logged mean reward</th>
+<th>reward model mean</th></tr>{action_rows}</table>
+<h2>Models behind DM/DR and the sequential estimators</h2>
+<p>Reward model ({esc(report.reward_model.model_type)}, {report.reward_model.folds}-fold cross-fitted):
+held-out RMSE {_fmt(report.reward_model.rmse)}, R² {_fmt(report.reward_model.r2, 3)}.
+{"" if fqe is None else f"FQE ({esc(fqe.model_type)}, {fqe.iterations} iterations): held-out Bellman RMSE {_fmt(fqe.bellman_rmse)}."}
+</p>
+<p><small>created {esc(str(report.created_at))}</small></p></body></html>
+"""
+
+
+def save_html_report(
+    report: CpeReport,
+    directory: Path | str,
+    decision_summary: str | None = None,
+    reasons: list[str] | None = None,
+) -> Path:
+    """Write `directory/report.html` and return its path."""
+    path = Path(directory) / HTML_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(render_html(report, decision_summary, reasons), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_tensorboard_scalars(report: CpeReport, log_dir: Path | str, step: int = 0) -> Path:
+    """`cpe/<estimator>/{value,normalized,ci_low,ci_high,ess}` and `cpe/logged_value` under `log_dir`."""
+    from tensorboardX import SummaryWriter  # imports torch (~3 s): only when asked for
+
+    log_dir = Path(log_dir)
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_scalar("cpe/logged_value", report.logged_value, step)
+        writer.add_scalar("cpe/reward_model_rmse", report.reward_model.rmse, step)
+        for name, e in report.estimates.items():
+            writer.add_scalar(f"cpe/{name}/value", e.value, step)
+            writer.add_scalar(f"cpe/{name}/normalized", e.normalized, step)
+            writer.add_scalar(f"cpe/{name}/ci_low", e.ci_low, step)
+            writer.add_scalar(f"cpe/{name}/ci_high", e.ci_high, step)
+            if e.effective_sample_size is not None:
+                writer.add_scalar(f"cpe/{name}/ess", e.effective_sample_size, step)
+    return log_dir

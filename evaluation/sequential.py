@@ -1,0 +1,259 @@
+"""Sequential estimators over whole episodes: per-decision IS, sequential DR, weighted DR, MAGIC.
+
+Rows are grouped by episode and ordered by step; `episode_index` gives each row's episode as
+0..E−1 (non-decreasing). With cumulative weights w_t = Π_{k≤t} π_k/μ_k (w_{−1} = 1),
+v̂(x) = Σ_a π(a|x) q̂(x,a) and q̂ ideally the target policy's long-term Q (e.g. from FQE):
+
+- PDIS  (Precup 2000):        Σ_t γ^t w_t r_t per episode, averaged.
+- SeqDR (Jiang & Li 2016):    Σ_t γ^t [w_t (r_t − q̂_t) + w_{t−1} v̂_t] per episode, averaged.
+- WDR   (Thomas & Brunskill): SeqDR with w_t / n replaced by w_t / Σ_episodes w_t (self-normalized
+  per step; episodes that ended keep their last weight, as in an absorbing state).
+- MAGIC (Thomas & Brunskill): the convex blend of the off-policy j-step returns g^(j) (WDR up to
+  step j, model value after it; g^(−1) = DM, g^(H−1) = WDR) minimizing the bootstrap estimate of
+  variance + squared bias, the bias of g^(j) being its distance to WDR's interval.
+
+All four are functions of per-episode column means, so they share one bootstrap over episodes.
+MAGIC's interval applies its chosen blend to the resampled j-step returns (the blend's own
+selection noise is not resampled) and is widened to at least WDR's interval around its value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+
+from evaluation.errors import EvaluationError
+from evaluation.estimators import (
+    Estimate,
+    EstimatorSpec,
+    bootstrap_column_means,
+    bootstrapped_estimates,
+    check_confidence,
+    importance_weights,
+    interval,
+    logged_columns,
+)
+
+SEQUENTIAL_ESTIMATORS = ("pdis", "sequential_dr", "wdr", "magic")
+# MAGIC blends at most this many j-step returns (Horizon used 25), spread over the horizon.
+MAGIC_TRUNCATIONS = 25
+
+
+def _episode_layout(episode_index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first row of each episode, step of each row, episode lengths); validates the grouping."""
+    ep = np.asarray(episode_index, dtype=np.int64)
+    if ep.shape != (n,):
+        raise EvaluationError(f"episode_index must have shape ({n},), got {ep.shape}")
+    steps = np.diff(ep)
+    if ep[0] != 0 or np.any(steps < 0) or np.any(steps > 1):
+        raise EvaluationError(
+            "episode_index must be 0..E-1, grouped and non-decreasing (sort rows by episode, step)"
+        )
+    starts = np.flatnonzero(np.r_[True, steps > 0])
+    lengths = np.diff(np.r_[starts, n])
+    return starts, np.arange(n) - starts[ep], lengths
+
+
+def cumulative_weights(episode_index: np.ndarray, rho: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """w_t = Π_{k≤t} ρ_k within each episode, in log space with exact zeros counted apart."""
+    positive = rho > 0.0
+    log_rho = np.where(positive, np.log(np.where(positive, rho, 1.0)), 0.0)
+    cum_log = np.cumsum(log_rho)
+    cum_zero = np.cumsum(~positive)
+    base_log = (cum_log - log_rho)[starts][episode_index]
+    base_zero = (cum_zero - ~positive)[starts][episode_index]
+    with np.errstate(over="ignore"):
+        return np.where(cum_zero - base_zero == 0, np.exp(cum_log - base_log), 0.0)
+
+
+def _truncation_points(horizon: int) -> np.ndarray:
+    """j ∈ {−1, …, H−1}, thinned to MAGIC_TRUNCATIONS points (always keeping −1 and H−1)."""
+    if horizon + 1 <= MAGIC_TRUNCATIONS:
+        return np.arange(-1, horizon)
+    return np.unique(np.round(np.linspace(-1, horizon - 1, MAGIC_TRUNCATIONS)).astype(np.int64))
+
+
+def _magic_blend(g_point: np.ndarray, g_boot: np.ndarray, confidence: float) -> np.ndarray:
+    """Weights x on the simplex minimizing xᵀ(Ω + b bᵀ)x (Ω bootstrap covariance, b bias vs WDR CI)."""
+    finite = np.all(np.isfinite(g_boot), axis=1)
+    if finite.sum() < 2 or not np.all(np.isfinite(g_point)):
+        x = np.zeros(g_point.size)
+        x[-1] = 1.0  # fall back to WDR; its own non-finite value will flag the estimate
+        return x
+    omega = np.atleast_2d(np.cov(g_boot[finite], rowvar=False))
+    low, high = interval(g_boot[finite, -1], confidence)
+    bias = np.where(g_point < low, low - g_point, np.where(g_point > high, g_point - high, 0.0))
+    matrix = omega + np.outer(bias, bias)
+    scale = float(np.max(np.abs(matrix))) or 1.0
+    matrix = matrix / scale
+    k = g_point.size
+    result = minimize(
+        lambda x: float(x @ matrix @ x),
+        np.full(k, 1.0 / k),
+        jac=lambda x: 2.0 * matrix @ x,
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda x: float(np.sum(x) - 1.0)}],
+        method="SLSQP",
+    )
+    x = np.clip(result.x, 0.0, None)
+    return x / x.sum()
+
+
+def sequential_estimates(
+    episode_index: np.ndarray,
+    target_probs: np.ndarray,
+    q_hat: np.ndarray,
+    logged_action: np.ndarray,
+    logged_propensity: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    *,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 200,
+    seed: int = 0,
+    names: tuple[str, ...] = SEQUENTIAL_ESTIMATORS,
+) -> dict[str, Estimate]:
+    """PDIS, sequential DR, WDR and MAGIC per episode on one shared bootstrap over episodes.
+
+    Values are discounted returns per episode; normalized by the mean discounted logged return.
+    """
+    unknown = [n for n in names if n not in SEQUENTIAL_ESTIMATORS]
+    if unknown:
+        raise EvaluationError(f"unknown sequential estimators {unknown}; choose from {SEQUENTIAL_ESTIMATORS}")
+    pi, a, mu, r = logged_columns(target_probs, logged_action, logged_propensity, reward)
+    q = np.asarray(q_hat, dtype=np.float64)
+    n = pi.shape[0]
+    if q.shape != pi.shape:
+        raise EvaluationError(f"q_hat {q.shape} must have the shape of target_probs {pi.shape}")
+    if not np.all(np.isfinite(q)):
+        raise EvaluationError("q_hat has non-finite values; check the reward or FQE model's inputs")
+    if not 0.0 <= gamma <= 1.0:
+        raise EvaluationError(f"gamma must be in [0, 1], got {gamma}")
+    check_confidence(confidence, bootstrap_samples)
+    ep = np.asarray(episode_index, dtype=np.int64)
+    starts, step, lengths = _episode_layout(ep, n)
+    n_episodes, horizon = lengths.size, int(lengths.max())
+
+    rho = importance_weights(pi, a, mu)
+    w = cumulative_weights(ep, rho, starts)
+    w_prev = np.where(step == 0, 1.0, np.r_[1.0, w[:-1]])
+    rows = np.arange(n)
+    discount = gamma**step
+    v_hat = np.sum(pi * q, axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        a_term = discount * w * (r - q[rows, a])  # γ^t w_t (r_t − q̂_t)
+        b_term = discount * w_prev * v_hat  # γ^t w_{t−1} v̂_t
+        pdis = np.bincount(ep, weights=discount * w * r, minlength=n_episodes)
+    seq_dr = np.bincount(ep, weights=a_term + b_term, minlength=n_episodes)
+    logged_return = np.bincount(ep, weights=discount * r, minlength=n_episodes)
+
+    # Per-episode step matrices [E, H]: A_t, B_t and the weight W_t (kept after the episode ends).
+    a_mat = np.zeros((n_episodes, horizon))
+    b_mat = np.zeros((n_episodes, horizon))
+    w_mat = np.zeros((n_episodes, horizon))
+    a_mat[ep, step] = a_term
+    b_mat[ep, step] = b_term
+    w_mat[ep, step] = w
+    final_weight = w[starts + lengths - 1]
+    after_end = np.arange(horizon)[None, :] >= lengths[:, None]
+    w_mat = np.where(after_end, final_weight[:, None], w_mat)
+    columns = np.hstack([np.stack([logged_return, pdis, seq_dr], axis=1), a_mat, b_mat, w_mat])
+    a_cols, b_cols, w_cols = 3 + np.arange(horizon), 3 + horizon + np.arange(horizon), 3 + 2 * horizon
+
+    def step_terms(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """a_t = mean A_t / mean W_t and b_t = mean B_t / mean W_{t−1} (W_{−1} = 1): [..., H] each."""
+        weights = m[..., w_cols : w_cols + horizon]
+        previous = np.concatenate([np.ones_like(weights[..., :1]), weights[..., :-1]], axis=-1)
+        return m[..., a_cols] / weights, m[..., b_cols] / previous
+
+    truncations = _truncation_points(horizon)
+
+    def j_step_returns(m: np.ndarray) -> np.ndarray:
+        """g^(j) = Σ_{t≤j} (a_t + b_t) + b_{j+1} for each truncation j: [..., J]."""
+        a_t, b_t = step_terms(m)
+        partial = np.concatenate([np.zeros_like(a_t[..., :1]), np.cumsum(a_t + b_t, axis=-1)], axis=-1)
+        tail = np.concatenate([b_t, np.zeros_like(b_t[..., :1])], axis=-1)
+        return partial[..., truncations + 1] + tail[..., truncations + 1]
+
+    def wdr(m: np.ndarray) -> np.ndarray:
+        a_t, b_t = step_terms(m)
+        return np.sum(a_t + b_t, axis=-1)
+
+    specs: dict[str, EstimatorSpec] = {
+        "pdis": EstimatorSpec(value_of=lambda m: m[..., 1], weights=final_weight),
+        "sequential_dr": EstimatorSpec(value_of=lambda m: m[..., 2], weights=final_weight),
+        "wdr": EstimatorSpec(value_of=wdr, weights=final_weight),
+    }
+    boot = bootstrap_column_means(columns, bootstrap_samples, seed)
+    if "magic" in names:
+        with np.errstate(all="ignore"):
+            point = columns.mean(axis=0)
+            blend = _magic_blend(j_step_returns(point), j_step_returns(boot), confidence)
+        specs["magic"] = EstimatorSpec(value_of=lambda m: j_step_returns(m) @ blend, weights=final_weight)
+    chosen = {name: specs[name] for name in set(names) | ({"wdr"} if "magic" in names else set())}
+    out = bootstrapped_estimates(chosen, columns, mu, confidence, bootstrap_samples, seed, boot=boot)
+    if "magic" in out:
+        out["magic"] = _widen_to_wdr(out["magic"], out["wdr"])
+    max_weight = float(w.max())
+    return {name: out[name].model_copy(update={"max_weight": max_weight}) for name in names}
+
+
+def _widen_to_wdr(magic: Estimate, wdr: Estimate) -> Estimate:
+    """MAGIC's interval, at least as wide as WDR's around MAGIC's value.
+
+    The blend may lean on the model-based returns whose bootstrap spread ignores the model's own
+    error; their bias is only known to within WDR's interval, so the interval cannot be narrower.
+    """
+    return magic.model_copy(
+        update={
+            "ci_low": min(magic.ci_low, magic.value - (wdr.value - wdr.ci_low)),
+            "ci_high": max(magic.ci_high, magic.value + (wdr.ci_high - wdr.value)),
+            "normalized_ci_low": min(
+                magic.normalized_ci_low, magic.normalized - (wdr.normalized - wdr.normalized_ci_low)
+            ),
+            "normalized_ci_high": max(
+                magic.normalized_ci_high, magic.normalized + (wdr.normalized_ci_high - wdr.normalized)
+            ),
+        }
+    )
+
+
+def sequential_doubly_robust(
+    episode_index: np.ndarray,
+    target_probs: np.ndarray,
+    q_hat: np.ndarray,
+    logged_action: np.ndarray,
+    logged_propensity: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    *,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 200,
+    seed: int = 0,
+) -> tuple[Estimate, np.ndarray]:
+    """Sequential DR (Jiang & Li 2016); returns (estimate, per-episode values).
+
+    An episode's value is Σ_t γ^t [ w_t (r_t − q̂(x_t, a_t)) + w_{t−1} v̂(x_t) ], the unrolled form
+    of V_t = v̂(x_t) + ρ_t (r_t + γ V_{t+1} − q̂(x_t, a_t)).
+    """
+    estimate = sequential_estimates(
+        episode_index,
+        target_probs,
+        q_hat,
+        logged_action,
+        logged_propensity,
+        reward,
+        gamma,
+        confidence=confidence,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        names=("sequential_dr",),
+    )["sequential_dr"]
+    pi, a, mu, r = logged_columns(target_probs, logged_action, logged_propensity, reward)
+    ep = np.asarray(episode_index, dtype=np.int64)
+    starts, step, _ = _episode_layout(ep, pi.shape[0])
+    w = cumulative_weights(ep, importance_weights(pi, a, mu), starts)
+    w_prev = np.where(step == 0, 1.0, np.r_[1.0, w[:-1]])
+    q = np.asarray(q_hat, dtype=np.float64)
+    term = gamma**step * (w * (r - q[np.arange(pi.shape[0]), a]) + w_prev * np.sum(pi * q, axis=1))
+    return estimate, np.bincount(ep, weights=term, minlength=int(ep[-1]) + 1)

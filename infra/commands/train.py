@@ -1,0 +1,32 @@
+"""`streamrl train --config run.yaml`: one training run → a registered (not deployed) model.
+
+Multi-process: `torchrun --nproc-per-node 2 -m infra.cli train --config run.yaml` runs the same
+command in every process; see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Train on timelines as the run file says, export to ONNX and register the model "
+        "(the evaluation gate decides about deploying). Resumes from the newest checkpoint if configured.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="run YAML (see trainer/run_config.py)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from trainer import load_run_config, run_training
+
+    config = load_run_config(args.config)
+    metadata = run_training(config)
+    if metadata is not None:  # rank 0, or the only process
+        shown = {k: metadata.training_metrics[k] for k in ("train/td_loss", "train/mc_loss")}
+        print(f"registered {metadata.algorithm} model {metadata.version} in {config.output.registry_dir}")
+        print("  " + ", ".join(f"{name}={value:.4g}" for name, value in shown.items()))
+    return 0

@@ -1,0 +1,154 @@
+"""Soft actor-critic (Haarnoja et al. 2018) for continuous actions, top to bottom.
+
+Tanh-squashed Gaussian actor, twin critics with target networks, entropy temperature tuned
+towards `target_entropy` (default −action_dim). Offline on timelines via `train_sac`; the online
+Gym loop (`trainer.gym_loop`) calls `SacLearner.update` on replay-buffer minibatches.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+import torch
+from pydantic import Field
+
+from features import NormalizationSpec
+from trainer.continuous import (
+    ContinuousActor,
+    ContinuousConfig,
+    ContinuousTrainingResult,
+    ContinuousTransitions,
+    TwinCritic,
+    mlp,
+    soft_update,
+    train_continuous,
+)
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import CheckpointConfig
+    from trainer.distributed import DistributedContext
+
+LOG_STD_MIN = -5.0
+LOG_STD_MAX = 2.0
+
+
+class SacConfig(ContinuousConfig):
+    """Hyper-parameters of SAC; stored verbatim in the model's metadata."""
+
+    type: Literal["sac"] = "sac"
+    initial_alpha: float = Field(0.2, gt=0.0, description="starting entropy temperature")
+    tune_alpha: bool = True
+    target_entropy: float | None = Field(None, description="None = −action_dim")
+    alpha_learning_rate: float = Field(1e-3, gt=0.0)
+    policy_delay: int = Field(1, ge=1, description="actor/alpha update every n critic updates")
+
+
+class GaussianActor(ContinuousActor):
+    """State-dependent mean and log std of the pre-squash Gaussian; log std squashed into a range."""
+
+    def __init__(self, spec: NormalizationSpec, config: SacConfig):
+        super().__init__(spec, config.action_low, config.action_high)
+        self.body = mlp(int(spec.output_dim), config.hidden_sizes, 2 * config.action_dim)
+
+    def distribution(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, raw_log_std = self.body(normalized).chunk(2, dim=1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_log_std) + 1.0)
+        return loc, log_std
+
+    def sample(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised unit-box action and its log density (tanh change of variables)."""
+        loc, log_std = self.distribution(normalized)
+        pre_tanh = loc + log_std.exp() * torch.randn_like(loc)
+        unit = torch.tanh(pre_tanh)
+        gaussian = -0.5 * ((pre_tanh - loc) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
+        # log(1 − tanh(u)²) computed stably as 2·(log 2 − u − softplus(−2u)).
+        log_det = 2.0 * (math.log(2.0) - pre_tanh - torch.nn.functional.softplus(-2.0 * pre_tanh))
+        return unit, (gaussian - log_det).sum(dim=1)
+
+
+class SacLearner:
+    """SAC networks, targets and optimizers; `update` is one critic step (+ actor/alpha per delay)."""
+
+    def __init__(self, spec: NormalizationSpec, config: SacConfig):
+        self.config = config
+        self.actor = GaussianActor(spec, config)
+        self.critic = TwinCritic(int(spec.output_dim), config.action_dim, config.hidden_sizes)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(config.initial_alpha), requires_grad=config.tune_alpha)
+        self.target_entropy = (
+            -float(config.action_dim) if config.target_entropy is None else config.target_entropy
+        )
+        self.actor_optimizer = torch.optim.Adam(self.actor.body.parameters(), lr=config.actor_learning_rate)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_learning_rate)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_learning_rate)
+        self.steps = 0
+
+    def update(self, batch: ContinuousTransitions) -> dict[str, float]:
+        config = self.config
+        with torch.no_grad():
+            state = self.actor.normalization(batch.states)
+            next_state = self.actor.normalization(batch.next_states)
+            alpha = self.log_alpha.exp()
+            next_action, next_log_prob = self.actor.sample(next_state)
+            next_q = torch.min(*self.critic_target(next_state, next_action)) - alpha * next_log_prob
+            y = batch.rewards + config.gamma * batch.not_terminal * next_q
+
+        q1, q2 = self.critic(state, batch.actions)
+        critic_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        metrics = {
+            "train/critic_loss": float(critic_loss.detach()),
+            "train/q_mean": float(q1.detach().mean()),
+        }
+
+        self.steps += 1
+        if self.steps % config.policy_delay == 0:
+            self.critic.requires_grad_(False)
+            action, log_prob = self.actor.sample(state)
+            q_pi = torch.min(*self.critic(state, action))
+            actor_loss = (alpha * log_prob - q_pi).mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            self.critic.requires_grad_(True)
+            metrics["train/actor_loss"] = float(actor_loss.detach())
+            metrics["train/entropy"] = float(-log_prob.detach().mean())
+            if config.tune_alpha:
+                alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+                self.alpha_optimizer.zero_grad(set_to_none=True)
+                alpha_loss.backward()
+                self.alpha_optimizer.step()
+        metrics["train/alpha"] = float(self.log_alpha.detach().exp())
+        soft_update(self.critic_target, self.critic, config.target_update_tau)
+        return metrics
+
+
+def train_sac(
+    timelines: pd.DataFrame,
+    spec: NormalizationSpec,
+    actions: Sequence[str],
+    config: SacConfig,
+    log_dir: Path,
+    *,
+    checkpoint: CheckpointConfig | None = None,
+    distributed: DistributedContext | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> ContinuousTrainingResult:
+    """Fit SAC to logged continuous-action timelines (`action_vector` column); same shape as `train_dqn`."""
+    return train_continuous(
+        timelines,
+        spec,
+        actions,
+        config,
+        log_dir,
+        checkpoint=checkpoint,
+        distributed=distributed,
+        on_step=on_step,
+    )

@@ -1,0 +1,137 @@
+"""TD3 (Fujimoto et al. 2018) for continuous actions, top to bottom.
+
+Deterministic tanh actor, twin critics with clipped double-Q targets, target policy smoothing
+and delayed actor updates. Its exported `action_log_std` is the constant exploration noise
+(`exploration_noise_std`, pre-squash), so served exploration follows the same contract as SAC.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+import torch
+from pydantic import Field
+
+from features import NormalizationSpec
+from trainer.continuous import (
+    ContinuousActor,
+    ContinuousConfig,
+    ContinuousTrainingResult,
+    ContinuousTransitions,
+    TwinCritic,
+    mlp,
+    soft_update,
+    train_continuous,
+)
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import CheckpointConfig
+    from trainer.distributed import DistributedContext
+
+
+class Td3Config(ContinuousConfig):
+    """Hyper-parameters of TD3; stored verbatim in the model's metadata."""
+
+    type: Literal["td3"] = "td3"
+    policy_delay: int = Field(2, ge=1, description="actor and target update every n critic updates")
+    target_noise_std: float = Field(0.2, ge=0.0, description="target policy smoothing, unit box")
+    target_noise_clip: float = Field(0.5, ge=0.0)
+    exploration_noise_std: float = Field(
+        0.2, gt=0.0, description="std of served exploration noise, added before the tanh squash"
+    )
+
+
+class DeterministicActor(ContinuousActor):
+    """tanh(body(state)) is the action; log std is a constant (exploration noise, not learned)."""
+
+    def __init__(self, spec: NormalizationSpec, config: Td3Config):
+        super().__init__(spec, config.action_low, config.action_high)
+        self.body = mlp(int(spec.output_dim), config.hidden_sizes, config.action_dim)
+        self.register_buffer(
+            "log_std", torch.full((config.action_dim,), math.log(config.exploration_noise_std))
+        )
+
+    def distribution(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc = self.body(normalized)
+        return loc, self.log_std.expand_as(loc)
+
+    def act(self, normalized: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.body(normalized))
+
+
+class Td3Learner:
+    """TD3 networks, targets and optimizers; `update` is one critic step (+ actor every `policy_delay`)."""
+
+    def __init__(self, spec: NormalizationSpec, config: Td3Config):
+        self.config = config
+        self.actor = DeterministicActor(spec, config)
+        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
+        self.critic = TwinCritic(int(spec.output_dim), config.action_dim, config.hidden_sizes)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.actor_optimizer = torch.optim.Adam(self.actor.body.parameters(), lr=config.actor_learning_rate)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_learning_rate)
+        self.steps = 0
+
+    def update(self, batch: ContinuousTransitions) -> dict[str, float]:
+        config = self.config
+        with torch.no_grad():
+            state = self.actor.normalization(batch.states)
+            next_state = self.actor.normalization(batch.next_states)
+            noise = (torch.randn_like(batch.actions) * config.target_noise_std).clamp(
+                -config.target_noise_clip, config.target_noise_clip
+            )
+            next_action = (self.actor_target.act(next_state) + noise).clamp(-1.0, 1.0)
+            next_q = torch.min(*self.critic_target(next_state, next_action))
+            y = batch.rewards + config.gamma * batch.not_terminal * next_q
+
+        q1, q2 = self.critic(state, batch.actions)
+        critic_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        metrics = {
+            "train/critic_loss": float(critic_loss.detach()),
+            "train/q_mean": float(q1.detach().mean()),
+        }
+
+        self.steps += 1
+        if self.steps % config.policy_delay == 0:
+            self.critic.requires_grad_(False)
+            actor_loss = -self.critic.q1(torch.cat([state, self.actor.act(state)], dim=1)).mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
+            self.critic.requires_grad_(True)
+            metrics["train/actor_loss"] = float(actor_loss.detach())
+            soft_update(self.actor_target, self.actor, config.target_update_tau)
+            soft_update(self.critic_target, self.critic, config.target_update_tau)
+        return metrics
+
+
+def train_td3(
+    timelines: pd.DataFrame,
+    spec: NormalizationSpec,
+    actions: Sequence[str],
+    config: Td3Config,
+    log_dir: Path,
+    *,
+    checkpoint: CheckpointConfig | None = None,
+    distributed: DistributedContext | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> ContinuousTrainingResult:
+    """Fit TD3 to logged continuous-action timelines (`action_vector` column); same shape as `train_dqn`."""
+    return train_continuous(
+        timelines,
+        spec,
+        actions,
+        config,
+        log_dir,
+        checkpoint=checkpoint,
+        distributed=distributed,
+        on_step=on_step,
+    )
