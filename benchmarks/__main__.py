@@ -13,6 +13,9 @@ BENCHMARKS = {
     "cpe_speed": "benchmarks.cpe_speed",
     "cpe_accuracy": "benchmarks.cpe_accuracy",
     "training_throughput": "benchmarks.training_throughput",
+    "d3rlpy_throughput": "benchmarks.d3rlpy_throughput",
+    "cartpole_offline": "benchmarks.cartpole_offline",
+    "bandit_regret": "benchmarks.bandit_regret",
 }
 
 

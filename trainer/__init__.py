@@ -17,6 +17,7 @@ from trainer.continuous_export import (
     export_continuous_policy,
     sample_actions,
 )
+from trainer.cql import CqlConfig
 from trainer.distributed import DistributedConfig, DistributedContext, DistributedError
 from trainer.dqn import QNetwork, TrainingResult, train_dqn
 from trainer.errors import (
@@ -40,7 +41,7 @@ from trainer.registry import DeploymentEvent, DeploymentKind, DeploymentState, M
 from trainer.run_config import RunConfigError, TrainRunConfig, load_run_config
 from trainer.sac import SacConfig, train_sac
 from trainer.td3 import Td3Config, train_td3
-from trainer.workflow import code_version, run_training, train_and_register
+from trainer.workflow import ExportedModel, code_version, export_trained, run_training, train_and_register
 
 __all__ = [
     "AlgorithmConfig",
@@ -50,6 +51,7 @@ __all__ = [
     "ContinuousOnnxPolicy",
     "ContinuousTrainingResult",
     "CorruptModelError",
+    "CqlConfig",
     "DataRange",
     "DeploymentEvent",
     "DeploymentKind",
@@ -61,6 +63,7 @@ __all__ = [
     "EpsilonGreedyExploration",
     "ExplorationConfig",
     "ExportParityError",
+    "ExportedModel",
     "GreedyExploration",
     "ModelMetadata",
     "ModelRegistry",
@@ -84,6 +87,7 @@ __all__ = [
     "continuous_log_prob",
     "export_continuous_policy",
     "export_model",
+    "export_trained",
     "load_run_config",
     "run_training",
     "sample_actions",

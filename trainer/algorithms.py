@@ -12,19 +12,40 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from trainer.bandits import LinearThompsonConfig, LinUcbConfig, NeuralBanditConfig
 from trainer.config import DqnConfig
+from trainer.cql import CqlConfig
 from trainer.errors import TrainerError
+from trainer.parametric_dqn import ParametricDqnConfig
+from trainer.sac import SacConfig
+from trainer.td3 import Td3Config
 
 # `type` → "module:function". Every function takes (timelines, spec, actions, config, log_dir,
 # *, checkpoint, distributed, on_step) and returns a result with `.network`, `.metrics`,
 # `.data_range`, `.feature_names` and `.actions` (see trainer.dqn.train_dqn).
 TRAIN_FUNCTIONS: dict[str, str] = {
     "dqn": "trainer.dqn:train_dqn",
+    "cql": "trainer.dqn:train_dqn",  # DQN's loop; a CqlConfig adds the conservative penalty
+    "sac": "trainer.sac:train_sac",
+    "td3": "trainer.td3:train_td3",
+    "linucb": "trainer.bandits:train_bandit",  # one-step timelines only (contextual bandits)
+    "linear_thompson": "trainer.bandits:train_bandit",
+    "neural_bandit": "trainer.bandits:train_bandit",
+    "parametric_dqn": "trainer.parametric_dqn:train_parametric_dqn",  # actions described by features
 }
 
-# The `algorithm:` section of a run config. sac/td3 (trainer/sac.py, trainer/td3.py) join this
-# union and the table above once they follow the same train-function signature.
-AlgorithmConfig = Annotated[DqnConfig, Field(discriminator="type")]
+# The `algorithm:` section of a run config: one config model per entry of the table above.
+AlgorithmConfig = Annotated[
+    DqnConfig
+    | CqlConfig
+    | SacConfig
+    | Td3Config
+    | LinUcbConfig
+    | LinearThompsonConfig
+    | NeuralBanditConfig
+    | ParametricDqnConfig,
+    Field(discriminator="type"),
+]
 
 
 class UnknownAlgorithmError(TrainerError):

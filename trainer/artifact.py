@@ -38,6 +38,25 @@ ACTION_LOC_OUTPUT = "action_loc"
 ACTION_LOG_STD_OUTPUT = "action_log_std"
 CONTINUOUS_OUTPUTS = (ACTION_MEAN_OUTPUT, ACTION_LOC_OUTPUT, ACTION_LOG_STD_OUTPUT)
 
+# Linear bandits (`trainer.bandits`: linucb, linear_thompson) follow the discrete contract and add:
+#   outputs  `reward_mean`        float32 [batch, n_actions]  posterior mean reward xᵀμ_a (not masked)
+#            `exploration_width`  float32 [batch, n_actions]  scale·sqrt(xᵀA_a⁻¹x): the UCB bonus (linucb,
+#                                                             q_values = reward_mean + width) or the posterior
+#                                                             std (linear_thompson: sample mean + width·N(0,1))
+REWARD_MEAN_OUTPUT = "reward_mean"
+EXPLORATION_WIDTH_OUTPUT = "exploration_width"
+
+# The ONNX contract of parametric-action Q models (`trainer.parametric_dqn`):
+#   inputs   `features`         float32 [batch, n_features]                    raw state, NaN = missing
+#            `action_features`  float32 [batch, n_candidates, n_action_features] raw, NaN = missing/padding
+#            `candidate_mask`   float32 [batch, n_candidates]                  1 = real candidate, 0 = padding
+#   outputs  `scores`           float32 [batch, n_candidates]                  Q(s, a); padding = -inf
+# Both normalizations (state and action features) are inside the graph; action feature order is
+# `metadata.algorithm_config["action_feature_names"]`. n_candidates may differ per call.
+ACTION_FEATURES_INPUT = "action_features"
+CANDIDATE_MASK_INPUT = "candidate_mask"
+SCORES_OUTPUT = "scores"
+
 
 class DataRange(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -66,6 +85,9 @@ class ModelMetadata(BaseModel):
     exploration: ExplorationConfig = Field(default_factory=EpsilonGreedyExploration)
     normalization_spec_version: str | None = None
     normalization_spec_sha256: str | None = None
+    # Parametric actions only: the candidates' feature names (input order) and their spec's hash.
+    action_feature_names: list[str] | None = None
+    action_normalization_spec_sha256: str | None = None
     data_range: DataRange = Field(default_factory=DataRange)
     training_metrics: dict[str, float] = Field(default_factory=dict)
     code_version: str = "unknown"

@@ -20,6 +20,11 @@ class DqnConfig(BaseModel):
     schema_version: Literal[1] = 1
     type: Literal["dqn"] = "dqn"
     gamma: float = Field(0.9, ge=0.0, le=1.0)
+    n_step: int = Field(
+        1,
+        ge=1,
+        description="bootstrap after n logged steps: r_t + … + γ^(n−1) r_(t+n−1) + γ^n max Q(s_(t+n))",
+    )
     double_q: bool = True
     dueling: bool = True
     hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64])

@@ -44,6 +44,7 @@ class TransitionTensors:
     possible_mask: torch.Tensor  # float32 [N, A]
     possible_next_mask: torch.Tensor  # float32 [N, A]; all 0 on terminal rows
     mc_returns: torch.Tensor  # float32 [N] discounted logged return from this step to the MDP's end
+    discounts: torch.Tensor  # float32 [N] factor on the bootstrapped next value: γ, or γ^m for n-step
 
     @property
     def n_rows(self) -> int:
@@ -164,6 +165,7 @@ def build_transitions(
         possible_mask=torch.as_tensor(mask),
         possible_next_mask=torch.as_tensor(next_mask),
         mc_returns=torch.as_tensor(returns.astype(np.float32)),
+        discounts=torch.full((len(frame),), gamma, dtype=torch.float32),
     )
 
 

@@ -32,8 +32,10 @@ from trainer.checkpoint import (
     tensor_digest,
 )
 from trainer.config import DqnConfig
+from trainer.cql import CqlConfig, conservative_penalty
 from trainer.data import TransitionTensors, build_transitions
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, shard_rows
+from trainer.nstep import n_step_transitions
 
 StepHook = Callable[[int], None]
 
@@ -98,6 +100,8 @@ def train_dqn(
 ) -> TrainingResult:
     """Fit Q(s, a) to logged transitions; log per-epoch metrics to tensorboardX under `log_dir`.
 
+    Also trains CQL: a `CqlConfig` adds its conservative penalty to every row's TD loss.
+
     Seeded and deterministic on CPU: the same timelines and config give the same weights, for
     any number of processes (`distributed`, see trainer.distributed) up to float rounding, and
     across a kill and resume from `checkpoint`. `on_step(global_step)` runs after every optimizer
@@ -111,15 +115,15 @@ def train_dqn(
         torch.set_num_threads(previous_threads)
 
 
-class _TakenQ(nn.Module):
-    """Q of the logged action: the only forward that needs gradients, so the one DDP wraps."""
+class _StateQ(nn.Module):
+    """Q of the logged states: the only forward that needs gradients, so the one DDP wraps."""
 
     def __init__(self, network: QNetwork):
         super().__init__()
         self.network = network
 
-    def forward(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.network.q_all(states).gather(1, actions[:, None]).squeeze(1)
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.network.q_all(states)
 
 
 @dataclass
@@ -146,7 +150,12 @@ def _train(
     on_step: StepHook | None,
 ) -> TrainingResult:
     feature_names = list(spec.feature_names)
-    cpu_data = build_transitions(timelines, feature_names, actions, config.gamma, config.reward_clip)
+    cpu_data = n_step_transitions(
+        timelines,
+        build_transitions(timelines, feature_names, actions, config.gamma, config.reward_clip),
+        config.n_step,
+        config.gamma,
+    )
     device = ctx.torch_device
     data = _to_device(cpu_data, device)
 
@@ -155,7 +164,7 @@ def _train(
         network = QNetwork(spec, len(actions), config.hidden_sizes, config.dueling).to(device)
     target = copy.deepcopy(network)
     target.requires_grad_(False)
-    taken_q = ctx.wrap(_TakenQ(network))
+    state_q = ctx.wrap(_StateQ(network))
     optimizer = torch.optim.Adam(
         [p for p in network.parameters() if p.requires_grad],
         lr=config.learning_rate,
@@ -181,10 +190,10 @@ def _train(
             for index in range(progress.batch, len(batches)):
                 global_rows = batches[index]
                 rows = shard_rows(global_rows, ctx.rank, ctx.world_size).to(device)
-                squared = _td_squared_errors(taken_q, network, target, data, rows, config)
+                squared, row_loss = _row_losses(state_q, network, target, data, rows, config)
                 # DDP averages gradients over processes: scaling by world/global makes that average
                 # the gradient of the mean over the whole global batch, whatever the shard sizes.
-                loss = squared.sum() * (ctx.world_size / len(global_rows))
+                loss = row_loss.sum() * (ctx.world_size / len(global_rows))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -234,16 +243,20 @@ def _train(
     )
 
 
-def _td_squared_errors(
-    taken_q: nn.Module,
+def _row_losses(
+    state_q: nn.Module,
     network: QNetwork,
     target: QNetwork,
     data: TransitionTensors,
     rows: torch.Tensor,
     config: DqnConfig,
-) -> torch.Tensor:
-    """Squared Bellman errors on one minibatch; double-Q picks a' with the online network."""
-    q_taken = taken_q(data.states[rows], data.actions[rows])
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared Bellman errors, loss per row) on one minibatch; the loss adds CQL's penalty if set.
+
+    Double-Q picks a' with the online network; `data.discounts` is γ (γ^m for n-step targets).
+    """
+    q_all = state_q(data.states[rows])
+    q_taken = q_all.gather(1, data.actions[rows][:, None]).squeeze(1)
     with torch.no_grad():
         next_mask = data.possible_next_mask[rows]
         has_next = next_mask.sum(dim=1) > 0
@@ -254,8 +267,12 @@ def _td_squared_errors(
         else:
             next_value = target_q.max(dim=1).values
         next_value = torch.where(has_next, next_value, torch.zeros_like(next_value))
-        y = data.rewards[rows] + config.gamma * data.not_terminal[rows] * next_value
-    return (q_taken - y) ** 2
+        y = data.rewards[rows] + data.discounts[rows] * data.not_terminal[rows] * next_value
+    squared = (q_taken - y) ** 2
+    if isinstance(config, CqlConfig):
+        penalty = conservative_penalty(q_all, data.actions[rows], data.possible_mask[rows])
+        return squared, squared + config.cql_alpha * penalty
+    return squared, squared
 
 
 def _fingerprint_parts(

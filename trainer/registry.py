@@ -92,8 +92,15 @@ class ModelRegistry:
         data_range: DataRange | None = None,
         training_metrics: dict[str, float] | None = None,
         code_version: str = "unknown",
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        action_feature_names: list[str] | None = None,
+        action_normalization_spec_sha256: str | None = None,
     ) -> ModelMetadata:
-        """Store a model under a new version `mNNNN-<sha8>`; refuses a graph onnxruntime cannot load."""
+        """Store a model under a new version `mNNNN-<sha8>`; refuses a graph onnxruntime cannot load.
+
+        `input_names`/`output_names` default to the discrete contract (`trainer.artifact`).
+        """
         onnx_bytes = onnx if isinstance(onnx, bytes) else Path(onnx).read_bytes()
         sha256 = hashlib.sha256(onnx_bytes).hexdigest()
         _load_session(onnx_bytes, version="<unregistered>", path="<bytes>")
@@ -113,6 +120,10 @@ class ModelRegistry:
             data_range=data_range or DataRange(),
             training_metrics=training_metrics or {},
             code_version=code_version,
+            action_feature_names=action_feature_names,
+            action_normalization_spec_sha256=action_normalization_spec_sha256,
+            **({} if input_names is None else {"input_names": input_names}),
+            **({} if output_names is None else {"output_names": output_names}),
         )
         _atomic_write(directory / metadata.onnx_file, onnx_bytes)
         _atomic_write(directory / _METADATA_FILE, metadata.model_dump_json(indent=2).encode("utf-8"))

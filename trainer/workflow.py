@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pandas as pd
 
 from features import (
@@ -20,14 +22,27 @@ from features import (
     save_spec,
 )
 from stream import load_timelines
-from trainer.algorithms import train_function
-from trainer.artifact import ModelMetadata
-from trainer.config import DqnConfig
+from trainer.algorithms import AlgorithmConfig, train_function
+from trainer.artifact import (
+    ACTION_FEATURES_INPUT,
+    CANDIDATE_MASK_INPUT,
+    CONTINUOUS_OUTPUTS,
+    FEATURES_INPUT,
+    MASK_INPUT,
+    PROBS_OUTPUT,
+    Q_OUTPUT,
+    SCORES_OUTPUT,
+    ModelMetadata,
+)
+from trainer.bandits import BanditResult, export_bandit
+from trainer.continuous import ContinuousActor, ContinuousTrainingResult
+from trainer.continuous_export import export_continuous_policy, parity_features
 from trainer.data import build_possible_mask, feature_maps
 from trainer.distributed import open_process_group
-from trainer.dqn import StepHook, TrainingResult, train_dqn
+from trainer.dqn import StepHook, TrainingResult
 from trainer.errors import TrainingDataError
 from trainer.export import export_model, parity_sample
+from trainer.parametric_dqn import ParametricTrainingResult, export_parametric_model
 from trainer.policy import ExplorationConfig
 from trainer.registry import ModelRegistry
 from trainer.run_config import TrainRunConfig
@@ -37,16 +52,16 @@ def train_and_register(
     timelines: pd.DataFrame,
     spec: NormalizationSpec,
     actions: Sequence[str],
-    config: DqnConfig,
+    config: AlgorithmConfig,
     registry: ModelRegistry,
     log_dir: Path,
     exploration: ExplorationConfig,
 ) -> ModelMetadata:
-    """Train a DQN on `timelines`, export it (parity-checked on real rows too) and register it.
+    """Train `config`'s algorithm on `timelines`, export it (parity-checked on real rows too), register it.
 
     Registering does not deploy: the evaluation gate decides that.
     """
-    result = train_dqn(timelines, spec, actions, config, log_dir)
+    result = train_function(config.type)(timelines, spec, actions, config, log_dir)
     return _export_and_register(result, timelines, spec, config, registry, exploration)
 
 
@@ -95,18 +110,64 @@ def _normalization_spec(config: TrainRunConfig, timelines: pd.DataFrame, *, writ
     return spec
 
 
+@dataclass(frozen=True)
+class ExportedModel:
+    """An exported graph and the ONNX contract it follows (see `trainer.artifact`)."""
+
+    onnx_bytes: bytes
+    input_names: list[str]
+    output_names: list[str]
+
+
+def export_trained(
+    result: TrainingResult | ContinuousTrainingResult | BanditResult,
+    timelines: pd.DataFrame,
+    config: AlgorithmConfig,
+) -> ExportedModel:
+    """The one export dispatch for every algorithm in `trainer.algorithms.TRAIN_FUNCTIONS`.
+
+    Q-networks (dqn, cql) get the discrete contract, bandits the discrete contract plus their extra
+    outputs, actors (sac, td3) the continuous one; all are parity-checked against PyTorch on real
+    training rows plus a synthetic batch with NaNs.
+    """
+    if isinstance(result, ParametricTrainingResult):
+        onnx_bytes = export_parametric_model(result.network, seed=config.seed)
+        return ExportedModel(
+            onnx_bytes, [FEATURES_INPUT, ACTION_FEATURES_INPUT, CANDIDATE_MASK_INPUT], [SCORES_OUTPUT]
+        )
+    if isinstance(result, BanditResult):
+        features, mask = _parity_rows(
+            timelines, result.feature_names, result.actions, seed=0, synthetic=False
+        )
+        onnx_bytes = export_bandit(result.network, config.softmax_temperature, features, mask)
+        return ExportedModel(onnx_bytes, *_graph_names(onnx_bytes))
+    if isinstance(result.network, ContinuousActor):
+        features = np.concatenate(
+            [
+                _real_features(timelines, result.feature_names),
+                parity_features(len(result.feature_names), seed=config.seed),
+            ]
+        )
+        onnx_bytes = export_continuous_policy(result.network, features)
+        return ExportedModel(onnx_bytes, [FEATURES_INPUT], list(CONTINUOUS_OUTPUTS))
+    features, mask = _parity_rows(timelines, result.feature_names, result.actions, config.seed)
+    onnx_bytes = export_model(result.network, config.softmax_temperature, features, mask)
+    return ExportedModel(onnx_bytes, [FEATURES_INPUT, MASK_INPUT], [Q_OUTPUT, PROBS_OUTPUT])
+
+
 def _export_and_register(
-    result: TrainingResult,
+    result: TrainingResult | ContinuousTrainingResult,
     timelines: pd.DataFrame,
     spec: NormalizationSpec,
-    config: DqnConfig,
+    config: AlgorithmConfig,
     registry: ModelRegistry,
     exploration: ExplorationConfig,
 ) -> ModelMetadata:
-    features, mask = _parity_rows(timelines, result.feature_names, result.actions, config.seed)
-    onnx_bytes = export_model(result.network, config.softmax_temperature, features, mask)
+    exported = export_trained(result, timelines, config)
     return registry.register(
-        onnx_bytes,
+        exported.onnx_bytes,
+        input_names=exported.input_names,
+        output_names=exported.output_names,
         feature_names=result.feature_names,
         actions=result.actions,
         algorithm=config.type,
@@ -117,6 +178,10 @@ def _export_and_register(
         data_range=result.data_range,
         training_metrics=result.metrics,
         code_version=code_version(),
+        action_feature_names=getattr(result, "action_feature_names", None),
+        action_normalization_spec_sha256=(
+            result.action_spec.content_sha256 if isinstance(result, ParametricTrainingResult) else None
+        ),
     )
 
 
@@ -148,13 +213,29 @@ def code_version() -> str:
 
 
 def _parity_rows(
-    timelines: pd.DataFrame, feature_names: list[str], actions: list[str], seed: int, rows: int = 64
+    timelines: pd.DataFrame,
+    feature_names: list[str],
+    actions: list[str],
+    seed: int,
+    rows: int = 64,
+    *,
+    synthetic: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `rows` real training rows plus a synthetic batch with NaNs and masked actions."""
+    """Up to `rows` real training rows plus (if `synthetic`) a batch with NaNs and masked actions."""
     head = timelines.head(rows)
-    real_features = np.asarray(
-        build_feature_matrix(feature_maps(head["state_features"]), feature_names), dtype=np.float32
-    )
+    real_features = _real_features(head, feature_names)
     real_mask, _ = build_possible_mask(head["possible_actions"], actions)
+    if not synthetic:
+        return real_features, real_mask
     synthetic_features, synthetic_mask = parity_sample(len(feature_names), len(actions), seed=seed)
     return np.concatenate([real_features, synthetic_features]), np.concatenate([real_mask, synthetic_mask])
+
+
+def _graph_names(onnx_bytes: bytes) -> tuple[list[str], list[str]]:
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+
+
+def _real_features(timelines: pd.DataFrame, feature_names: list[str], rows: int = 64) -> np.ndarray:
+    head = timelines.head(rows)
+    return np.asarray(build_feature_matrix(feature_maps(head["state_features"]), feature_names), np.float32)

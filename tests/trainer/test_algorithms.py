@@ -1,0 +1,118 @@
+"""Every algorithm in `TRAIN_FUNCTIONS`: train on tiny data, export + register through the one dispatch,
+then compare the registered ONNX graph with PyTorch on fresh inputs (STYLE.md: one shared test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from continuous_timelines import ACTION_HIGH, ACTION_LOW, make_continuous_bandit_timelines
+from continuous_timelines import fit_spec as fit_continuous_spec
+from parametric_timelines import toy_timelines
+from pydantic import TypeAdapter
+from trainer_timelines import BANDIT_ACTIONS, fit_spec, make_bandit_timelines
+
+from features import fit_normalization, frame_from_feature_maps
+from trainer import (
+    TRAIN_FUNCTIONS,
+    AlgorithmConfig,
+    ContinuousActor,
+    EpsilonGreedyExploration,
+    ModelRegistry,
+    train_and_register,
+    train_function,
+)
+from trainer.continuous_export import parity_features
+from trainer.export import ServedGraph, parity_sample
+from trainer.parametric_dqn import ParametricQNetwork, parametric_parity_sample
+
+TINY = {"num_epochs": 2, "batch_size": 32, "hidden_sizes": [16]}
+CONTINUOUS = {"action_low": ACTION_LOW, "action_high": ACTION_HIGH, **TINY}
+
+
+def _discrete():
+    timelines = make_bandit_timelines(120, seed=5)
+    return timelines, fit_spec(timelines), BANDIT_ACTIONS
+
+
+def _continuous():
+    timelines = make_continuous_bandit_timelines(120, seed=5)
+    return timelines, fit_continuous_spec(timelines), ["a"]
+
+
+def _parametric():
+    timelines = toy_timelines(60, seed=5)
+    return timelines, fit_normalization(frame_from_feature_maps(timelines["state_features"].tolist())), None
+
+
+# One tiny case per algorithm type: (config fields, data builder). A new algorithm adds a line here.
+CASES = {
+    "dqn": ({"n_step": 2, **TINY}, _discrete),
+    "cql": ({"cql_alpha": 0.5, **TINY}, _discrete),
+    "linucb": ({}, _discrete),
+    "linear_thompson": ({}, _discrete),
+    "neural_bandit": (TINY, _discrete),
+    "sac": (CONTINUOUS, _continuous),
+    "td3": (CONTINUOUS, _continuous),
+    "parametric_dqn": (TINY, _parametric),
+}
+
+
+@pytest.mark.parametrize("algorithm_type", sorted(TRAIN_FUNCTIONS))
+def test_every_algorithm_exports_onnx_that_matches_pytorch(algorithm_type: str, tmp_path: Path) -> None:
+    assert algorithm_type in CASES, f"add a tiny case for {algorithm_type!r} to CASES in this test"
+    fields, build = CASES[algorithm_type]
+    config = TypeAdapter(AlgorithmConfig).validate_python({"type": algorithm_type, **fields})
+    timelines, spec, actions = build()
+    registry = ModelRegistry(tmp_path / "registry")
+
+    metadata = train_and_register(
+        timelines, spec, actions, config, registry, tmp_path / "tb", EpsilonGreedyExploration()
+    )
+
+    path, metadata = registry.get(metadata.version)  # verifies hash and the graph's input/output names
+    assert metadata.algorithm == algorithm_type
+    assert TypeAdapter(AlgorithmConfig).validate_python(metadata.algorithm_config) == config
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    network = _retrain_for_reference(algorithm_type, config, timelines, spec, actions, tmp_path)
+    if isinstance(network, ContinuousActor):
+        features = parity_features(len(spec.feature_names), seed=123)
+        with torch.no_grad():
+            ours = network(torch.as_tensor(features))
+        theirs = session.run(metadata.output_names, {"features": features})
+    elif isinstance(network, ParametricQNetwork):  # scores per candidate; padding is -inf
+        assert metadata.action_feature_names == network_action_names(timelines)
+        features, candidates, mask = parametric_parity_sample(
+            len(spec.feature_names), len(metadata.action_feature_names), seed=123
+        )
+        with torch.no_grad():
+            ours = [network(*(torch.as_tensor(a) for a in (features, candidates, mask)))]
+        theirs = session.run(
+            metadata.output_names,
+            {"features": features, "action_features": candidates, "candidate_mask": mask},
+        )
+    else:  # the discrete contract: network(features, possible_mask) → masked Q
+        features, mask = parity_sample(len(spec.feature_names), len(actions), seed=123)
+        with torch.no_grad():
+            ours = ServedGraph(network, config.softmax_temperature)(
+                torch.as_tensor(features), torch.as_tensor(mask)
+            )
+        theirs = session.run(metadata.output_names, {"features": features, "possible_actions_mask": mask})
+    assert len(theirs) >= len(ours)  # bandits add outputs after the discrete contract's two
+    for torch_out, onnx_out in zip(ours, theirs, strict=False):
+        torch_out = torch_out.numpy()
+        assert np.array_equal(np.isneginf(torch_out), np.isneginf(onnx_out))
+        finite = np.isfinite(torch_out)
+        assert finite.any() and np.allclose(torch_out[finite], onnx_out[finite], atol=1e-4)
+
+
+def network_action_names(timelines) -> list[str]:
+    return sorted({name for offers in timelines["possible_action_features"] for o in offers for name in o})
+
+
+def _retrain_for_reference(algorithm_type, config, timelines, spec, actions, tmp_path: Path):
+    """Training is seeded and deterministic, so a second run gives the registered model's weights."""
+    return train_function(algorithm_type)(timelines, spec, actions, config, tmp_path / "again").network
