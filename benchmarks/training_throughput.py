@@ -3,8 +3,8 @@
 Both runs see the same global batch (so the same math, see trainer/distributed.py); the
 2-process figure counts all transitions the processes handle together. On this 2-core box
 REFERENCE §6 measured no DDP speed-up for small MLPs (allreduce ~4 ms a step), so the useful
-reading is the overhead per step. d3rlpy is not compared: 2.8.1 pins gymnasium==1.0.0 (we
-pin 1.4.0), see docs/training.md.
+reading is the overhead per step. The comparison with d3rlpy's DQN is `d3rlpy_throughput`
+(it runs d3rlpy in its own virtualenv, because d3rlpy pins gymnasium 1.0.0).
 """
 
 from __future__ import annotations

@@ -44,23 +44,18 @@ def topics(local_stack: LocalStack) -> Topics:
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):  # -> pyspark.sql.SparkSession (imported lazily: slow)
     """One local[2] SparkSession for the session: UTC, 2 shuffle partitions, no UI, small memory."""
-    from pyspark.sql import SparkSession
+    from stream.spark import build_spark_session
 
     scratch = tmp_path_factory.mktemp("spark")
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("streamrl-tests")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.default.parallelism", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "1g")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.warehouse.dir", str(scratch / "warehouse"))
-        .config("spark.local.dir", str(scratch / "local"))
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
-        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
-        .getOrCreate()
+    session = build_spark_session(
+        "local[2]",
+        "streamrl-tests",
+        {
+            "spark.default.parallelism": "2",
+            "spark.driver.memory": "1g",
+            "spark.sql.warehouse.dir": str(scratch / "warehouse"),
+            "spark.local.dir": str(scratch / "local"),
+        },
     )
     try:
         yield session

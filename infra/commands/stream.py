@@ -19,22 +19,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyspark.sql import SparkSession
-
     from stream import ensure_topics, start_timeline_query
+    from stream.spark import build_spark_session
 
     env = environment_from(args)
     ensure_topics(env.bootstrap_servers, env.config.topics)
-    spark = (
-        SparkSession.builder.master(args.master)
-        .appName("streamrl-timelines")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("WARN")
+    spark = build_spark_session(args.master, "streamrl-timelines")
     query = start_timeline_query(spark, env.stream_config(), env.bootstrap_servers, env.config.topics)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
