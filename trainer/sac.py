@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import torch
 from pydantic import Field
 
@@ -21,7 +18,6 @@ from features import NormalizationSpec
 from trainer.continuous import (
     ContinuousActor,
     ContinuousConfig,
-    ContinuousTrainingResult,
     ContinuousTransitions,
     TwinCritic,
     mlp,
@@ -30,8 +26,7 @@ from trainer.continuous import (
 )
 
 if TYPE_CHECKING:
-    from trainer.checkpoint import CheckpointConfig
-    from trainer.distributed import DistributedContext
+    pass
 
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
@@ -130,25 +125,6 @@ class SacLearner:
         return metrics
 
 
-def train_sac(
-    timelines: pd.DataFrame,
-    spec: NormalizationSpec,
-    actions: Sequence[str],
-    config: SacConfig,
-    log_dir: Path,
-    *,
-    checkpoint: CheckpointConfig | None = None,
-    distributed: DistributedContext | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> ContinuousTrainingResult:
-    """Fit SAC to logged continuous-action timelines (`action_vector` column); same shape as `train_dqn`."""
-    return train_continuous(
-        timelines,
-        spec,
-        actions,
-        config,
-        log_dir,
-        checkpoint=checkpoint,
-        distributed=distributed,
-        on_step=on_step,
-    )
+# SAC trains through the shared continuous loop (`train_continuous`); the config's `type`
+# picks the learner. Same signature as `train_dqn`, so it is one line in `trainer.algorithms`.
+train_sac = train_continuous
