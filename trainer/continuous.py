@@ -26,7 +26,7 @@ from torch import nn
 from features import NormalizationModule, NormalizationSpec, build_feature_matrix
 from features.spec import ACTION_EPS
 from trainer.artifact import DataRange
-from trainer.data import feature_maps
+from trainer.data import checked_rewards, describe_rows, feature_maps
 from trainer.errors import TrainerError, TrainingDataError
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ REQUIRED_COLUMNS = (
     "next_state_features",
     "not_terminal",
 )
-_MAX_ROWS_NAMED = 5
 
 
 class ContinuousConfig(BaseModel):
@@ -171,7 +170,7 @@ def build_continuous_transitions(
     if wrong:
         raise TrainingDataError(
             f"{ACTION_VECTOR_COLUMN} must hold {config.action_dim} finite floats; rows "
-            f"{_describe_rows(frame, wrong)} do not; fix the logging app or drop these rows",
+            f"{describe_rows(frame, wrong)} do not; fix the logging app or drop these rows",
             column=ACTION_VECTOR_COLUMN,
             rows=wrong,
         )
@@ -181,20 +180,11 @@ def build_continuous_transitions(
     if len(outside):
         raise TrainingDataError(
             f"{ACTION_VECTOR_COLUMN} outside [action_low, action_high] = [{config.action_low}, "
-            f"{config.action_high}] in rows {_describe_rows(frame, outside)}; widen the bounds in the config",
+            f"{config.action_high}] in rows {describe_rows(frame, outside)}; widen the bounds in the config",
             column=ACTION_VECTOR_COLUMN,
             rows=outside.tolist(),
         )
-    rewards = frame["reward"].to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(rewards))
-    if len(bad):
-        raise TrainingDataError(
-            f"reward is not finite in rows {_describe_rows(frame, bad)}; rewards must be real numbers",
-            column="reward",
-            rows=bad.tolist(),
-        )
-    if config.reward_clip is not None:
-        rewards = np.clip(rewards, -config.reward_clip, config.reward_clip)
+    rewards = checked_rewards(frame, config.reward_clip)
     names = list(feature_names)
     states = build_feature_matrix(feature_maps(frame["state_features"]), names)
     next_states = build_feature_matrix(feature_maps(frame["next_state_features"]), names)
@@ -342,6 +332,22 @@ def build_learner(spec: NormalizationSpec, config: ContinuousConfig) -> Continuo
     return getattr(importlib.import_module(module), name)(spec, config)
 
 
+def update_twin_critic(
+    critic: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: torch.Tensor,
+    actions: torch.Tensor,
+    target: torch.Tensor,
+) -> dict[str, float]:
+    """One gradient step of both critics towards the same target (SAC's and TD3's clipped double Q)."""
+    q1, q2 = critic(state, actions)
+    loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"train/critic_loss": float(loss.detach()), "train/q_mean": float(q1.detach().mean())}
+
+
 @dataclass(frozen=True)
 class ContinuousTrainingResult:
     """A trained actor (what is exported) plus what the registry records about the training."""
@@ -419,13 +425,3 @@ def _data_range(timelines: pd.DataFrame) -> DataRange:
     return DataRange(
         start=stamps.min().to_pydatetime(), end=stamps.max().to_pydatetime(), rows=len(timelines)
     )
-
-
-def _describe_rows(frame: pd.DataFrame, rows: Sequence[int] | np.ndarray) -> str:
-    rows = list(rows)
-    named = ", ".join(
-        f"{int(r)} (mdp_id={frame.at[int(r), 'mdp_id']!r}, seq={frame.at[int(r), 'sequence_number']})"
-        for r in rows[:_MAX_ROWS_NAMED]
-    )
-    more = f" and {len(rows) - _MAX_ROWS_NAMED} more" if len(rows) > _MAX_ROWS_NAMED else ""
-    return f"[{named}{more}]"

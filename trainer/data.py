@@ -125,28 +125,19 @@ def build_transitions(
     not_possible = np.flatnonzero(mask[np.arange(len(frame)), action_idx] == 0)
     if len(not_possible):
         raise TrainingDataError(
-            f"logged action is not among possible_actions in rows {_describe_rows(frame, not_possible)}; "
+            f"logged action is not among possible_actions in rows {describe_rows(frame, not_possible)}; "
             "fix the logging app or drop these rows",
             column="possible_actions",
             rows=not_possible.tolist(),
         )
 
-    rewards = frame["reward"].to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(rewards))
-    if len(bad):
-        raise TrainingDataError(
-            f"reward is not finite in rows {_describe_rows(frame, bad)}; rewards must be real numbers",
-            column="reward",
-            rows=bad.tolist(),
-        )
-    if reward_clip is not None:
-        rewards = np.clip(rewards, -reward_clip, reward_clip)
+    rewards = checked_rewards(frame, reward_clip)
 
     not_terminal = frame["not_terminal"].to_numpy(dtype=bool)
     no_next = np.flatnonzero(not_terminal & (next_mask.sum(axis=1) == 0))
     if len(no_next):
         raise TrainingDataError(
-            f"non-terminal rows {_describe_rows(frame, no_next)} have no possible_next_actions; "
+            f"non-terminal rows {describe_rows(frame, no_next)} have no possible_next_actions; "
             "a step with a successor needs at least one possible next action",
             column="possible_next_actions",
             rows=no_next.tolist(),
@@ -179,7 +170,21 @@ def _check_columns(timelines: pd.DataFrame) -> None:
         )
 
 
-def _describe_rows(frame: pd.DataFrame, rows: Sequence[int] | np.ndarray) -> str:
+def checked_rewards(frame: pd.DataFrame, reward_clip: float | None) -> np.ndarray:
+    """The `reward` column as float64, clipped to ±`reward_clip`; a non-finite reward names its rows."""
+    rewards = frame["reward"].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(rewards))
+    if len(bad):
+        raise TrainingDataError(
+            f"reward is not finite in rows {describe_rows(frame, bad)}; rewards must be real numbers",
+            column="reward",
+            rows=bad.tolist(),
+        )
+    return rewards if reward_clip is None else np.clip(rewards, -reward_clip, reward_clip)
+
+
+def describe_rows(frame: pd.DataFrame, rows: Sequence[int] | np.ndarray) -> str:
+    """Row numbers with their mdp_id and sequence number, for error messages (first few only)."""
     rows = list(rows)
     named = ", ".join(
         f"{int(r)} (mdp_id={frame.at[int(r), 'mdp_id']!r}, seq={frame.at[int(r), 'sequence_number']})"
@@ -197,7 +202,7 @@ def _raise_unknown(
     name, rows = next(iter(unknown.items()))
     others = f" (also unknown: {sorted(unknown)[:5]})" if len(unknown) > 1 else ""
     raise TrainingDataError(
-        f"{column} {name!r} in {len(rows)} row(s) {_describe_rows(frame, rows)} is not one of the model's "
+        f"{column} {name!r} in {len(rows)} row(s) {describe_rows(frame, rows)} is not one of the model's "
         f"actions {list(actions)}{others}; add it to `actions` or filter these rows out",
         column=column,
         rows=[r for rs in unknown.values() for r in rs],

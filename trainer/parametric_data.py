@@ -31,7 +31,7 @@ from features import (
     frame_from_feature_maps,
 )
 from trainer.artifact import DataRange
-from trainer.data import feature_maps
+from trainer.data import checked_rewards, feature_maps
 from trainer.errors import TrainingDataError
 
 PARAMETRIC_COLUMNS = (
@@ -105,16 +105,7 @@ def build_parametric_transitions(
     if len(timelines) == 0:
         raise TrainingDataError("timelines are empty; nothing to train on (check the date range loaded)")
     frame = timelines.reset_index(drop=True)
-    rewards = frame["reward"].to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(rewards))
-    if len(bad):
-        raise TrainingDataError(
-            f"reward is not finite in rows {bad[:5].tolist()}; rewards must be real numbers",
-            column="reward",
-            rows=bad.tolist(),
-        )
-    if reward_clip is not None:
-        rewards = np.clip(rewards, -reward_clip, reward_clip)
+    rewards = checked_rewards(frame, reward_clip)
     not_terminal = frame["not_terminal"].to_numpy(dtype=bool)
     next_candidates, next_mask = candidate_tensor(
         frame["possible_next_action_features"], action_feature_names

@@ -23,6 +23,7 @@ from trainer.continuous import (
     mlp,
     soft_update,
     train_continuous,
+    update_twin_critic,
 )
 
 if TYPE_CHECKING:
@@ -93,15 +94,7 @@ class SacLearner:
             next_q = torch.min(*self.critic_target(next_state, next_action)) - alpha * next_log_prob
             y = batch.rewards + config.gamma * batch.not_terminal * next_q
 
-        q1, q2 = self.critic(state, batch.actions)
-        critic_loss = ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
-        metrics = {
-            "train/critic_loss": float(critic_loss.detach()),
-            "train/q_mean": float(q1.detach().mean()),
-        }
+        metrics = update_twin_critic(self.critic, self.critic_optimizer, state, batch.actions, y)
 
         self.steps += 1
         if self.steps % config.policy_delay == 0:
