@@ -51,7 +51,9 @@ def action_distribution(
 
     `possible_mask` is [B, A] with 1 for a possible action; impossible actions get 0.
     Ties in the greedy action are broken towards the lowest index (as argmax does), so
-    propensities are reproducible.
+    propensities are reproducible. A row whose possible actions do not all have finite
+    Q-values has no distribution: it comes back as NaN, which callers refuse (serving
+    answers that request with `ModelOutputError` instead of choosing an action).
     """
     q = np.asarray(q_values, dtype=np.float64)
     mask = np.asarray(possible_mask, dtype=bool)
@@ -61,7 +63,8 @@ def action_distribution(
         raise ValueError("every row needs at least one possible action")
     n_possible = mask.sum(axis=1, keepdims=True)
     uniform = mask / n_possible
-    masked_q = np.where(mask, q, -np.inf)
+    broken = ~np.all(np.isfinite(q) | ~mask, axis=1)
+    masked_q = np.where(mask & ~broken[:, None], q, np.where(mask, 0.0, -np.inf))
     if isinstance(exploration, SoftmaxExploration):
         z = masked_q / exploration.temperature
         z = z - z.max(axis=1, keepdims=True)
@@ -73,4 +76,6 @@ def action_distribution(
         base = np.zeros_like(q)
         base[np.arange(q.shape[0]), best] = 1.0
         eps = exploration.epsilon if isinstance(exploration, EpsilonGreedyExploration) else 0.0
-    return (1.0 - eps) * base + eps * uniform
+    distribution = (1.0 - eps) * base + eps * uniform
+    distribution[broken] = np.nan
+    return distribution

@@ -17,13 +17,7 @@ import torch
 from torch import nn
 
 from features import NormalizationSpec, fit_normalization, frame_from_feature_maps
-from trainer import (
-    EpsilonGreedyExploration,
-    ExplorationConfig,
-    ModelMetadata,
-    ModelRegistry,
-    action_distribution,
-)
+from trainer import EpsilonGreedyExploration, ExplorationConfig, ModelMetadata, ModelRegistry
 from trainer.artifact import FEATURES_INPUT, MASK_INPUT, PROBS_OUTPUT, Q_OUTPUT
 
 ACTIONS = ["up", "down", "stay"]
@@ -81,7 +75,7 @@ def true_value(weights: np.ndarray, epsilon: float, n: int = 400_000, seed: int 
     """Value of the linear policy Q = x @ weights served ε-greedily, by Monte Carlo on fresh contexts."""
     x1 = np.random.default_rng(seed).uniform(-1.0, 1.0, n)
     q = np.stack([x1, np.zeros_like(x1)], axis=1) @ weights[:2] + weights[2]
-    probs = action_distribution(q, np.ones_like(q), EpsilonGreedyExploration(epsilon=epsilon))
+    probs = (1.0 - epsilon) * np.eye(q.shape[1])[q.argmax(axis=1)] + epsilon / q.shape[1]  # ε-greedy
     return float(np.mean(np.sum(probs * expected_reward(x1), axis=1)))
 
 

@@ -39,6 +39,44 @@ def test_pdis_wdr_magic_hand_computed() -> None:
         assert e[name].normalized == pytest.approx(e[name].value / 6.25)
 
 
+def test_magic_equals_the_truth_when_every_truncation_agrees() -> None:
+    """Off-policy, deterministic rewards and an exact model, so every j-step return is the truth.
+
+    Two steps, γ = .5, π = (.25, .75) at both steps, logged uniformly (ρ = .5 for action 0, 1.5 for 1),
+    one episode per action pair. Rewards r_0 = (1, 3), r_1 = (2, 6) per action; the next state does
+    not depend on the action. Exact model: q̂_1 = r_1, v̂_1 = .25·2 + .75·6 = 5,
+    q̂_0 = r_0 + γ·v̂_1 = (3.5, 5.5), v̂_0 = .25·3.5 + .75·5.5 = 5 = the truth (.25·1 + .75·3 + .5·5).
+    Each step's model error r_t − q̂_t = −γ·v̂_{t+1} cancels the next step's model term, so
+    g(−1) = g(0) = g(1) = 5. PDIS, per episode (ρ_0 r_0 + γ ρ_0 ρ_1 r_1): .75, 2.75, 5.25, 11.25 → 5."""
+    episode = np.repeat(np.arange(4), 2)
+    action = np.array([0, 0, 0, 1, 1, 0, 1, 1])
+    step = np.tile([0, 1], 4)
+    reward = np.where(step == 0, np.array([1.0, 3.0])[action], np.array([2.0, 6.0])[action])
+    q_hat = np.where(step[:, None] == 0, [[3.5, 5.5]], [[2.0, 6.0]])
+    pi = np.tile([0.25, 0.75], (8, 1))
+    e = sequential_estimates(episode, pi, q_hat, action, np.full(8, 0.5), reward, gamma=0.5)
+    for name in ("pdis", "sequential_dr", "wdr", "magic"):
+        assert e[name].value == pytest.approx(5.0, abs=1e-9), name
+    assert e["magic"].ci_low == pytest.approx(5.0, abs=1e-9)  # every resample gives 5 too
+    assert e["magic"].ci_high == pytest.approx(5.0, abs=1e-9)
+
+
+def test_magic_takes_the_model_value_when_it_has_no_variance_and_no_bias() -> None:
+    """20 one-step episodes logged on-policy (π = μ = .5, so every weight is 1), rewards 1.1 ± 1,
+    q̂ = 1 for both actions. The j-step returns: g(−1) = DM = 1 in every bootstrap resample (zero
+    variance), g(0) = WDR = mean r = 1.1 with variance > 0. DM lies inside WDR's interval, so its
+    bias is 0 and the variance + bias² minimizing blend is all DM: MAGIC = 1."""
+    n = 20
+    reward = 1.1 + np.where(np.arange(n) % 2 == 0, -1.0, 1.0)
+    action = (np.arange(n) // 2) % 2
+    e = sequential_estimates(
+        np.arange(n), np.full((n, 2), 0.5), np.ones((n, 2)), action, np.full(n, 0.5), reward, gamma=0.9
+    )
+    assert e["wdr"].value == pytest.approx(1.1) and e["pdis"].value == pytest.approx(1.1)
+    assert e["wdr"].ci_low < 1.0 < e["wdr"].ci_high  # DM is unbiased as far as WDR can tell
+    assert e["magic"].value == pytest.approx(1.0, abs=1e-6)
+
+
 def test_one_step_episodes_reduce_to_one_step_estimators() -> None:
     rng = np.random.default_rng(0)
     n = 400

@@ -42,15 +42,17 @@ def test_raw_redis_reader_matches_feast_reader(feast_store, feast_config) -> Non
 
 
 def test_status_reports_offline_and_online_freshness(feast_store, feast_config) -> None:
-    entity = f"{uuid.uuid4().hex[:6]}-status"
+    entities = [f"{uuid.uuid4().hex[:6]}-status-{i}" for i in range(3)]
     now = pd.Timestamp.now(tz="UTC").floor("s")
+    before = feature_view_status(feast_config)  # the store is shared with the other tests of the session
     push_context_features(
         feast_store,
-        pd.DataFrame({"entity_id": [entity], "event_timestamp": [now], "f_age": [1.0]}),
+        pd.DataFrame({"entity_id": entities, "event_timestamp": [now] * 3, "f_age": [1.0, 2.0, 3.0]}),
         offline=True,
     )
     status = feature_view_status(feast_config)
     assert status.feature_view == "context" and status.ttl_s == 3600
-    assert status.offline_rows >= 1 and status.online_entities >= 1
+    assert status.offline_rows == before.offline_rows + 3
+    assert status.online_entities == before.online_entities + 3  # three new entities, one hash each
     assert status.online_newest >= now.to_pydatetime() and status.offline_newest >= now.to_pydatetime()
     assert not status.stale and status.age_s < 600

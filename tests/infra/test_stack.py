@@ -28,6 +28,19 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _service_states(out: str) -> dict[str, str]:
+    """SERVICE → STATE cell of the status table in `out` (whitespace-separated columns)."""
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["SERVICE", "STATE"])
+    states = {}
+    for line in lines[header + 1 :]:
+        cells = line.split()
+        if not cells:
+            break
+        states[cells[0]] = cells[1]
+    return states
+
+
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -143,13 +156,14 @@ def test_cli_stack_up_status_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("STREAMRL_STATE_DIR", str(tmp_path / "stack"))
     try:
         assert main(["stack", "up"]) == 0
+        assert _service_states(capsys.readouterr().out) == {"redis": "healthy", "broker": "healthy"}
         assert main(["stack", "status"]) == 0
-        out = capsys.readouterr().out
-        assert out.count("healthy") >= 4 and "broker" in out and "redis" in out
+        assert _service_states(capsys.readouterr().out) == {"redis": "healthy", "broker": "healthy"}
     finally:
         assert main(["stack", "down"]) == 0
+    capsys.readouterr()
     assert main(["stack", "status"]) == 3  # not healthy: stopped
-    assert "stopped" in capsys.readouterr().out
+    assert _service_states(capsys.readouterr().out) == {"redis": "stopped", "broker": "stopped"}
     monkeypatch.setenv("STREAMRL_BROKER_PORT", "not-a-port")
     assert main(["stack", "status"]) == 1
     assert "STREAMRL_BROKER_PORT='not-a-port'" in capsys.readouterr().err

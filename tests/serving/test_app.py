@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 from contracts import Topics
 from serving import ServingConfig, create_app
 from tests.serving._kafka import read_decisions
-from tests.serving.conftest import ACTIONS, FEATURES, register_model
+from tests.serving.conftest import ACTIONS, FEATURES, linear_q_onnx, register_model
 from trainer import ModelRegistry
 from trainer.artifact import FEATURES_INPUT, MASK_INPUT, Q_OUTPUT
-from trainer.policy import action_distribution
+from trainer.policy import SoftmaxExploration
 
 
 @pytest.fixture
@@ -33,15 +33,22 @@ def config(local_stack, topics: Topics, registry: ModelRegistry) -> ServingConfi
 def _expected_distribution(
     registry: ModelRegistry, version: str, features: list[dict], possible: list[list[str]]
 ):
-    """The served distribution recomputed independently: a fresh onnxruntime session + action_distribution."""
+    """The served distribution recomputed independently: Q from a fresh onnxruntime session, then
+    softmax(Q/T) over the possible actions mixed with ε-uniform over them, written out here."""
     path, metadata = registry.get(version)
+    exploration = metadata.exploration
+    assert isinstance(exploration, SoftmaxExploration), exploration
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = np.array(
         [[np.nan if f.get(n) is None else f[n] for n in FEATURES] for f in features], dtype=np.float32
     )
     mask = np.array([[1.0 if a in p else 0.0 for a in ACTIONS] for p in possible], dtype=np.float32)
     (q,) = session.run([Q_OUTPUT], {FEATURES_INPUT: x, MASK_INPUT: mask})
-    return action_distribution(q, mask, metadata.exploration)
+    possible_q = np.where(mask > 0.5, q.astype(np.float64) / exploration.temperature, -np.inf)
+    weights = np.exp(possible_q - possible_q.max(axis=1, keepdims=True))
+    softmax = weights / weights.sum(axis=1, keepdims=True)
+    uniform = mask / mask.sum(axis=1, keepdims=True)
+    return (1.0 - exploration.epsilon) * softmax + exploration.epsilon * uniform
 
 
 def _metric(text: str, name: str) -> float:
@@ -105,6 +112,33 @@ def test_act_serves_possible_action_with_served_propensity_and_logs_decision(con
         health = client.get("/healthz")
         assert health.status_code == 200
         assert health.json()["status"] == "ok" and health.json()["model_version"] == version
+
+
+def test_served_propensities_are_the_hand_computed_softmax_epsilon_mix(config, registry):
+    """Q = bias = (0, ln 2, ln 3) whatever the features, softmax T = 1 mixed with ε = 0.2 uniform:
+    all possible: 0.8·(1, 2, 3)/6 + 0.2/3 = (0.2, 1/3, 0.4667);
+    email, none:  0.8·(1, 3)/4 + 0.2/2 = (0.3, 0.7);
+    push only:    1."""
+    bias = np.log([1.0, 2.0, 3.0])
+    version = registry.register(
+        linear_q_onnx(np.zeros((len(FEATURES), len(ACTIONS))), bias),
+        feature_names=FEATURES,
+        actions=ACTIONS,
+        algorithm="linear_test",
+        exploration=SoftmaxExploration(temperature=1.0, epsilon=0.2),
+    ).version
+    registry.deploy(version, reason="test")
+    cases = [
+        (ACTIONS, {"email": 0.2, "push": 1 / 3, "none": 0.4 + 0.2 / 3}),
+        (["email", "none"], {"email": 0.3, "none": 0.7}),
+        (["push"], {"push": 1.0}),
+    ]
+    with TestClient(create_app(config)) as client:
+        for possible, expected in cases:
+            for i in range(20):
+                body = {"entity_id": f"u{i}", "context_features": {"f_age": i}, "possible_actions": possible}
+                served = client.post("/v1/act", json=body).json()
+                assert served["action_probability"] == pytest.approx(expected[served["action"]], abs=1e-6)
 
 
 def test_batch_samples_from_the_served_distribution(config, registry):

@@ -25,6 +25,8 @@ from trainer import (
     train_and_register,
     train_function,
 )
+from trainer.artifact import EXPLORATION_WIDTH_OUTPUT, REWARD_MEAN_OUTPUT
+from trainer.bandits import LinearBandit
 from trainer.continuous_export import parity_features
 from trainer.export import ServedGraph, parity_sample
 from trainer.parametric_dqn import ParametricQNetwork, parametric_parity_sample
@@ -94,15 +96,20 @@ def test_every_algorithm_exports_onnx_that_matches_pytorch(algorithm_type: str, 
             metadata.output_names,
             {"features": features, "action_features": candidates, "candidate_mask": mask},
         )
-    else:  # the discrete contract: network(features, possible_mask) → masked Q
+    else:  # the discrete contract: network(features, possible_mask) → masked Q and probabilities
         features, mask = parity_sample(len(spec.feature_names), len(actions), seed=123)
         with torch.no_grad():
-            ours = ServedGraph(network, config.softmax_temperature)(
-                torch.as_tensor(features), torch.as_tensor(mask)
+            ours = list(
+                ServedGraph(network, config.softmax_temperature)(
+                    torch.as_tensor(features), torch.as_tensor(mask)
+                )
             )
+            if isinstance(network, LinearBandit):  # linear bandits add their posterior mean and width
+                assert metadata.output_names[2:] == [REWARD_MEAN_OUTPUT, EXPLORATION_WIDTH_OUTPUT]
+                ours += network.mean_and_width(torch.as_tensor(features))
         theirs = session.run(metadata.output_names, {"features": features, "possible_actions_mask": mask})
-    assert len(theirs) >= len(ours)  # bandits add outputs after the discrete contract's two
-    for torch_out, onnx_out in zip(ours, theirs, strict=False):
+    assert len(theirs) == len(ours), (metadata.output_names, len(ours))
+    for torch_out, onnx_out in zip(ours, theirs, strict=True):
         torch_out = torch_out.numpy()
         assert np.array_equal(np.isneginf(torch_out), np.isneginf(onnx_out))
         finite = np.isfinite(torch_out)

@@ -12,7 +12,6 @@ from trainer import (
     ModelRegistry,
     OnnxPolicy,
     PolicyInputError,
-    action_distribution,
     train_and_register,
 )
 
@@ -63,8 +62,14 @@ def test_onnx_policy_serves_the_learned_q_values(registered) -> None:
     assert list(q[:4].argmax(axis=1)) == [1, 1, 0, 0]
 
     probs = policy.probabilities(features, mask)
-    np.testing.assert_array_equal(probs, action_distribution(q, mask, metadata.exploration))
-    assert probs[0, 1] == pytest.approx(0.9 + 0.1 / 3)
+    # served ε-greedy, ε = 0.1: 1 − ε on the best possible action, ε spread over the possible ones
+    best = np.where(mask > 0.5, q, -np.inf).argmax(axis=1)
+    expected = 0.9 * np.eye(3)[best] + 0.1 * mask / mask.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-12)
+    assert probs[0, 1] == pytest.approx(0.9 + 0.1 / 3)  # 0.9333: `down` is best at x1 = −0.8
+    assert probs[0, 0] == pytest.approx(0.1 / 3)  # 0.0333
+    # two possible actions: 0.9 + 0.1/2 = 0.95 and 0.1/2 = 0.05; `down` is impossible: 0
+    assert sorted(probs[4]) == pytest.approx([0.0, 0.05, 0.95])
     assert probs[4, BANDIT_ACTIONS.index("down")] == 0.0
 
 
