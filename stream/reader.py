@@ -8,12 +8,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from contracts import StreamrlError
 from stream._layout import TIMELINE_COLUMNS, timelines_path
 
 _MAP_COLUMNS = ("state_features", "metrics", "next_state_features")
 _LIST_COLUMNS = ("possible_actions", "possible_next_actions")
+_LISTING_ATTEMPTS = 5  # a replayed batch is swapped in by one rename: one retry is normally enough
 _PARTITIONING = pads.partitioning(pa.schema([("ds", pa.string()), ("batch_id", pa.int64())]), flavor="hive")
 
 
@@ -54,28 +56,12 @@ def load_timelines(
     end = _utc(end, "end") if end is not None else None
     root = timelines_path(Path(output_dir))
     empty = pd.DataFrame({name: pd.Series(dtype=object) for name in TIMELINE_COLUMNS})
-    # Only committed files: Spark stages new ones under dot-directories, which pyarrow would list.
-    files = sorted(str(f) for f in root.glob("ds=*/batch_id=*/*.parquet"))
-    if not files:
-        return empty
     try:
-        dataset = pads.dataset(
-            files, format="parquet", partitioning=_PARTITIONING, partition_base_dir=str(root)
-        )
-        condition = None
-        stored = dataset.schema.field("timestamp").type
-        if start is not None:
-            condition = (pads.field("ds") >= start.strftime("%Y-%m-%d")) & (
-                pads.field("timestamp") >= _timestamp_scalar(start, stored)
-            )
-        if end is not None:
-            upper = (pads.field("ds") <= end.strftime("%Y-%m-%d")) & (
-                pads.field("timestamp") < _timestamp_scalar(end, stored)
-            )
-            condition = upper if condition is None else condition & upper
-        table = dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)
+        table = _read_committed(root, start, end)
     except (OSError, pa.ArrowInvalid) as exc:
         raise TimelineReadError(f"cannot read timelines under {root}: {exc}", path=root) from exc
+    if table is None:
+        return empty
     frame = table.to_pandas()
     for name in _MAP_COLUMNS:
         frame[name] = [dict(items) if items is not None else {} for items in frame[name]]
@@ -87,3 +73,35 @@ def load_timelines(
         frame[name] = frame[name].astype("int64")
     frame["ds"] = frame["ds"].astype(str)
     return frame.sort_values(["mdp_id", "sequence_number"], kind="stable").reset_index(drop=True)
+
+
+@retry(
+    retry=retry_if_exception_type(FileNotFoundError),
+    stop=stop_after_attempt(_LISTING_ATTEMPTS),
+    wait=wait_fixed(0.1),
+    reraise=True,
+)
+def _read_committed(root: Path, start: datetime | None, end: datetime | None) -> pa.Table | None:
+    """Read the committed files, listing them afresh on each attempt.
+
+    A batch the stream job replays after a restart is rewritten in place (Spark's dynamic partition
+    overwrite deletes `batch_id=N/` and renames the new files in), so a file listed a moment ago can
+    vanish before it is opened; listing again finds the replacement. None when nothing is written.
+    """
+    # Only committed files: Spark stages new ones under dot-directories, which pyarrow would list.
+    files = sorted(str(f) for f in root.glob("ds=*/batch_id=*/*.parquet"))
+    if not files:
+        return None
+    dataset = pads.dataset(files, format="parquet", partitioning=_PARTITIONING, partition_base_dir=str(root))
+    condition = None
+    stored = dataset.schema.field("timestamp").type
+    if start is not None:
+        condition = (pads.field("ds") >= start.strftime("%Y-%m-%d")) & (
+            pads.field("timestamp") >= _timestamp_scalar(start, stored)
+        )
+    if end is not None:
+        upper = (pads.field("ds") <= end.strftime("%Y-%m-%d")) & (
+            pads.field("timestamp") < _timestamp_scalar(end, stored)
+        )
+        condition = upper if condition is None else condition & upper
+    return dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)

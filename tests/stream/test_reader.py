@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -74,3 +78,44 @@ def test_naive_bounds_are_refused(tmp_path) -> None:
 
 def test_nothing_written_yet_is_an_empty_frame(tmp_path) -> None:
     assert load_timelines(tmp_path).empty
+
+
+def test_reads_while_a_replayed_batch_is_rewritten_in_place(spark, tmp_path) -> None:
+    """A restarted stream job rewrites a replayed batch: Spark's dynamic partition overwrite deletes
+    `batch_id=N/` and renames freshly named files in. A reader that listed the old files must not fail.
+
+    The rewriting thread repeats that commit step on the filesystem (new file names, delete, rename)
+    so the race happens often enough to be seen; the files it moves are the ones Spark wrote.
+    """
+    base = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    _write_with_spark(spark, tmp_path, [base + timedelta(minutes=i) for i in range(6)])
+    (batch,) = timelines_path(tmp_path).glob("ds=*/batch_id=0")
+    template = tmp_path / "template"
+    shutil.copytree(batch, template)
+    stop = threading.Event()
+
+    def replay_forever() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            staged = batch.parent / f".spark-staging-{n}"
+            staged.mkdir()
+            for f in template.glob("*.parquet"):
+                shutil.copy(f, staged / f"part-{n:05d}-{f.name}")
+            shutil.rmtree(batch)
+            os.rename(staged, batch)
+            stop.wait(0.05)  # far more often than real replays, so the race shows within seconds
+
+    writer = threading.Thread(target=replay_forever, daemon=True)
+    writer.start()
+    counts = []
+    try:
+        deadline = time.monotonic() + 4.0
+        while time.monotonic() < deadline:
+            counts.append(len(load_timelines(tmp_path)))
+    finally:
+        stop.set()
+        writer.join(timeout=5)
+    # All or nothing of the batch (a read may fall between the delete and the rename), never an error.
+    assert set(counts) <= {0, 6}
+    assert counts.count(6) > len(counts) // 2
