@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from benchmarks._progress import progress_bar, write
 from features import NormalizationSpec, fit_normalization
 from trainer.artifact import (
     EXPLORATION_WIDTH_OUTPUT,
@@ -179,7 +180,7 @@ def _one_thread() -> ort.SessionOptions:
     return options
 
 
-def main(rounds: int = 10_000, batch: int = 500) -> None:
+def main(rounds: int = 10_000, batch: int = 500, *, progress: bool = True) -> None:
     learners: list[BanditConfig | str] = [
         LinUcbConfig(alpha=1.0),
         LinearThompsonConfig(posterior_scale=0.5),
@@ -194,9 +195,9 @@ def main(rounds: int = 10_000, batch: int = 500) -> None:
             f"{len(problem.feature_names)} context features, T={rounds}, retrain every {batch} rounds"
         )
         print(f"  {'learner':<16} {'regret vs optimum':>18} {'regret vs best fixed arm':>25} {'time':>8}")
-        for learner in learners:
+        for learner in progress_bar(learners, desc="learners", enabled=progress):
             r = run_online(learner, problem, rounds, batch)
-            print(
+            write(
                 f"  {r.learner:<16} {r.regret_vs_optimum:>18,.1f} {r.regret_vs_best_fixed:>25,.1f} "
                 f"{r.seconds:>7.1f}s"
             )

@@ -14,6 +14,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from benchmarks._progress import progress_bar, write
 from features import fit_normalization, frame_from_feature_maps
 from trainer.config import DqnConfig
 from trainer.cql import CqlConfig
@@ -36,7 +37,7 @@ def _cartpole() -> gym.Env:
     return gym.make("CartPole-v1")
 
 
-def main(seed: int = 0) -> None:
+def main(seed: int = 0, *, progress: bool = True) -> None:
     timelines = collect_discrete_timelines(_cartpole, TRANSITIONS, seed=seed)
     episodes = timelines["mdp_id"].nunique()
     print(
@@ -44,7 +45,7 @@ def main(seed: int = 0) -> None:
         f"(random policy's mean score {len(timelines) / episodes:.1f})"
     )
     spec = fit_normalization(frame_from_feature_maps(timelines["state_features"].tolist()))
-    for name, config in CONFIGS.items():
+    for name, config in progress_bar(CONFIGS.items(), desc="CartPole configs", enabled=progress):
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as log_dir:
             result = train_dqn(timelines, spec, CARTPOLE_ACTIONS, config, Path(log_dir))
@@ -52,7 +53,7 @@ def main(seed: int = 0) -> None:
         train_s = time.perf_counter() - started
         scores = evaluate_discrete_onnx(onnx_bytes, _cartpole, EPISODES, seed=10_000 + seed)
         verdict = "PASS" if np.mean(scores) >= TARGET else "below"
-        print(
+        write(
             f"   {name:32s} mean {np.mean(scores):6.1f}  min {np.min(scores):5.0f}  over {EPISODES} episodes "
             f"(target ≥ {TARGET:.0f}: {verdict})  train+export {train_s:.0f}s"
         )

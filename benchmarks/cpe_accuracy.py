@@ -23,6 +23,7 @@ import pandas as pd
 
 from apps.notifications import ACTIONS, FEATURE_NAMES, NotificationSim, NotificationSimConfig
 from apps.offline import simulate_timelines
+from benchmarks._progress import progress_bar
 from evaluation import EvaluationConfig, evaluate_probabilities
 from features import fit_normalization, frame_from_feature_maps
 
@@ -47,13 +48,15 @@ def _evaluate(frame: pd.DataFrame, target: np.ndarray, actions: list[str], confi
     return evaluate_probabilities(frame, target, actions, "target", config, spec)
 
 
-def notification_errors(seeds: int, n_users: int) -> dict[float, dict[str, list[float]]]:
+def notification_errors(
+    seeds: int, n_users: int, *, progress: bool = False
+) -> dict[float, dict[str, list[float]]]:
     """Relative error (estimate − truth) / truth per α and estimator, per decision."""
     sim = NotificationSim(NotificationSimConfig(n_users=n_users))
     slots = sim.config.slots_per_day
     config = EvaluationConfig(gamma=1.0, bootstrap_samples=50, min_rows=1)
     out: dict[float, dict[str, list[float]]] = {a: {} for a in ALPHAS}
-    for seed in range(seeds):
+    for seed in progress_bar(range(seeds), desc="notification seeds", enabled=progress):
         frame = simulate_timelines(sim, seed, sim.rule_send_probability, "rule", seed=seed)
         frame = frame.sort_values(["mdp_id", "sequence_number_ordinal"], kind="stable").reset_index(drop=True)
         features = np.array([[s[name] for name in FEATURE_NAMES] for s in frame["state_features"]])
@@ -137,12 +140,14 @@ def _cartpole_timelines(rolled: dict[str, np.ndarray], seed: int) -> pd.DataFram
     )
 
 
-def cartpole_errors(seeds: int, episodes: int) -> dict[float, dict[str, list[float]]]:
+def cartpole_errors(
+    seeds: int, episodes: int, *, progress: bool = False
+) -> dict[float, dict[str, list[float]]]:
     """Relative error per α and estimator of the discounted return per episode."""
     config = EvaluationConfig(gamma=CARTPOLE_GAMMA, bootstrap_samples=50, min_rows=1)
     truths = {a: _cartpole_truth(_mixture(_cartpole_logging, _cartpole_other, a), 0) for a in ALPHAS}
     out: dict[float, dict[str, list[float]]] = {a: {} for a in ALPHAS}
-    for seed in range(seeds):
+    for seed in progress_bar(range(seeds), desc="CartPole seeds", enabled=progress):
         rolled = _cartpole_rollouts(_cartpole_logging, episodes, seed)
         frame = _cartpole_timelines(rolled, seed)
         obs = np.array(
@@ -173,15 +178,17 @@ def _print_table(title: str, errors: dict[float, dict[str, list[float]]]) -> Non
         print("   " + f"{name:>14}" + "".join(f"{c:>18}" for c in cells))
 
 
-def main(seeds: int = 20, n_users: int = 2000, cartpole_episodes: int = 1000) -> None:
+def main(
+    seeds: int = 20, n_users: int = 2000, cartpole_episodes: int = 1000, *, progress: bool = True
+) -> None:
     started = time.perf_counter()
-    notification = notification_errors(seeds, n_users)
+    notification = notification_errors(seeds, n_users, progress=progress)
     print(
         f"   notification simulator, {n_users} users × 4 slots, {seeds} seeds ({time.perf_counter() - started:.0f}s)"
     )
     _print_table("notifications (truth: exact policy value per decision)", notification)
     started = time.perf_counter()
-    cartpole = cartpole_errors(seeds, cartpole_episodes)
+    cartpole = cartpole_errors(seeds, cartpole_episodes, progress=progress)
     print(
         f"   CartPole, {cartpole_episodes} logged episodes, {seeds} seeds ({time.perf_counter() - started:.0f}s)"
     )

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._d3rlpy_env import ensure_d3rlpy_venv
+from benchmarks._progress import progress_bar
 
 ACTIONS = ["a0", "a1", "a2", "a3"]
 N_FEATURES = 20
@@ -140,7 +141,14 @@ def _run_d3rlpy(python: Path, data_path: Path, settings: dict) -> dict:
     return out
 
 
-def main(epochs: int = 5, batches_per_epoch: int = 200, batch: int = 256, repeats: int = REPEATS) -> None:
+def main(
+    epochs: int = 5,
+    batches_per_epoch: int = 200,
+    batch: int = 256,
+    repeats: int = REPEATS,
+    *,
+    progress: bool = True,
+) -> None:
     python = ensure_d3rlpy_venv()
     rows = batches_per_epoch * batch
     settings = {
@@ -169,7 +177,7 @@ def main(epochs: int = 5, batches_per_epoch: int = 200, batch: int = 256, repeat
     with tempfile.TemporaryDirectory() as tmp:
         data_path = Path(tmp) / "transitions.npz"
         np.savez(data_path, **data)
-        for repeat in range(repeats):
+        for repeat in progress_bar(range(repeats), desc="repeats (ours, d3rlpy)", enabled=progress):
             ours.append(_run_ours(timelines, settings, Path(tmp) / f"tb{repeat}"))
             theirs.append(_run_d3rlpy(python, data_path, settings))
     best_ours = max(ours, key=lambda r: r["loop_tps"])

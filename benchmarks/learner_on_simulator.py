@@ -14,6 +14,7 @@ import numpy as np
 
 from apps.notifications import ACTIONS, NotificationSim, NotificationSimConfig
 from apps.offline import simulate_timelines
+from benchmarks._progress import progress_bar
 from features import fit_normalization, frame_from_feature_maps
 from trainer import ModelRegistry, OnnxPolicy
 from trainer.config import DqnConfig
@@ -21,7 +22,7 @@ from trainer.policy import EpsilonGreedyExploration
 from trainer.workflow import train_and_register
 
 
-def main(seeds: int = 3) -> None:
+def main(seeds: int = 3, *, progress: bool = True) -> None:
     sim = NotificationSim(NotificationSimConfig())
     next_day = sim.start_day(1)
     rule = sim.policy_value(next_day, sim.rule_send_probability)
@@ -30,7 +31,7 @@ def main(seeds: int = 3) -> None:
     for gamma in (0.0, 0.9):
         closed = []
         started = time.perf_counter()
-        for seed in range(seeds):
+        for seed in progress_bar(range(seeds), desc=f"DQN gamma={gamma} seeds", enabled=progress):
             timelines = simulate_timelines(sim, 0, sim.rule_send_probability, "rule", seed=seed)
             spec = fit_normalization(frame_from_feature_maps(timelines["state_features"].tolist()))
             with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
+from benchmarks._progress import progress_bar, write
 from trainer.gym_loop import OnlineLoopConfig, env_action_bounds, run_online
 from trainer.sac import SacConfig
 from trainer.td3 import Td3Config
@@ -22,7 +23,7 @@ TARGET = -400.0
 ENV_STEPS = 20_000
 
 
-def main(algorithms: tuple[str, ...] = ("sac", "td3"), seed: int = 0) -> None:
+def main(algorithms: tuple[str, ...] = ("sac", "td3"), seed: int = 0, *, progress: bool = True) -> None:
     env = gym.make("Pendulum-v1")
     low, high = env_action_bounds(env)
     env.close()
@@ -37,18 +38,18 @@ def main(algorithms: tuple[str, ...] = ("sac", "td3"), seed: int = 0) -> None:
         eval_every_steps=5_000,
         seed=seed,
     )
-    for name in algorithms:
+    for name in progress_bar(algorithms, desc="Pendulum learners", enabled=progress):
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             result = run_online(configs[name], loop, Path(tmp) / "tb")
         curve = ", ".join(f"{int(h['env_steps'])}: {h['eval/mean_score']:.0f}" for h in result.history)
         verdict = "meets" if result.mean_score >= TARGET else "MISSES"
-        print(
+        write(
             f"   {name}: mean score {result.mean_score:.1f} ± {np.std(result.scores):.1f} over "
             f"{len(result.scores)} episodes after {result.env_steps} env steps ({verdict} ≥ {TARGET:.0f}); "
             f"wall {time.perf_counter() - started:.0f}s (updates+exports {result.train_s:.0f}s)"
         )
-        print(f"        ONNX policy score by env steps: {curve}")
+        write(f"        ONNX policy score by env steps: {curve}")
 
 
 if __name__ == "__main__":

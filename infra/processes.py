@@ -6,14 +6,16 @@ worker do not share an interpreter, and a crash in one is reported with its log 
 
 from __future__ import annotations
 
+import operator
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from contracts import StreamrlError
 
@@ -50,19 +52,24 @@ class ManagedProcess:
             )
 
     def wait_ready(self, probe: Callable[[], bool], timeout_s: float, what: str) -> None:
-        """Poll `probe` until it is true; fail early if the process dies."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if probe():
-                return
-            time.sleep(0.5)
-        raise ServiceError(
-            f"{self.name} did not become ready ({what}) within {timeout_s:.0f}s; log {self.log_path}:\n"
-            f"{self.log_tail()}",
-            service=self.name,
-            log_path=self.log_path,
+        """Poll `probe` every 0.5 s until it is true; fail early if the process dies."""
+
+        def alive_and_ready() -> bool:
+            self.check_alive()  # a ServiceError is not retried: it ends the wait at once
+            return probe()
+
+        polling = Retrying(
+            retry=retry_if_result(operator.not_), stop=stop_after_delay(timeout_s), wait=wait_fixed(0.5)
         )
+        try:
+            polling(alive_and_ready)
+        except RetryError:
+            raise ServiceError(
+                f"{self.name} did not become ready ({what}) within {timeout_s:.0f}s; log {self.log_path}:\n"
+                f"{self.log_tail()}",
+                service=self.name,
+                log_path=self.log_path,
+            ) from None
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (the child shuts down cleanly), then SIGKILL if it does not."""

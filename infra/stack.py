@@ -14,10 +14,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    retry_if_result,
+    stop_after_delay,
+    wait_fixed,
+)
 
 from contracts import StreamrlError
 from infra.stack_config import BrokerStorage, StackConfig
@@ -279,31 +288,35 @@ class LocalStack:
         return proc.pid
 
     def _wait_healthy(self, service: _Service, pid: int) -> None:
-        deadline = time.monotonic() + self.config.startup_timeout_s
-        last_error: BaseException | None = None
-        while True:
-            if not _alive(pid):
+        """Run the health check every `_POLL_S` until it passes; fail at once if the process exits."""
+
+        def alive_and_healthy() -> None:
+            if not _alive(pid):  # a StackError is not retried: it ends the wait at once
                 raise StackError(
                     f"{service.name} (pid {pid}) exited during startup at {service.address}",
                     service=service.name,
                     address=service.address,
                     log_path=self._log_path(service.name),
                 )
-            try:
-                service.health()
-                return
-            except Exception as exc:  # health checks raise many client error types
-                last_error = exc
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"{service.name} (pid {pid}) did not become healthy at {service.address} within "
-                    f"{self.config.startup_timeout_s:.0f} s (last check: {type(last_error).__name__}: "
-                    f"{last_error}); see its log, or raise STREAMRL_STARTUP_TIMEOUT_S",
-                    service=service.name,
-                    address=service.address,
-                    log_path=self._log_path(service.name),
-                )
-            time.sleep(_POLL_S)
+            service.health()  # health checks raise many client error types (never StackError)
+
+        polling = Retrying(
+            retry=retry_if_exception_type(Exception) & retry_if_not_exception_type(StackError),
+            stop=stop_after_delay(self.config.startup_timeout_s),
+            wait=wait_fixed(_POLL_S),
+        )
+        try:
+            polling(alive_and_healthy)
+        except RetryError as exc:
+            last_error = exc.last_attempt.exception()
+            raise StackError(
+                f"{service.name} (pid {pid}) did not become healthy at {service.address} within "
+                f"{self.config.startup_timeout_s:.0f} s (last check: {type(last_error).__name__}: "
+                f"{last_error}); see its log, or raise STREAMRL_STARTUP_TIMEOUT_S",
+                service=service.name,
+                address=service.address,
+                log_path=self._log_path(service.name),
+            ) from last_error
 
     def _stop(self, name: str) -> bool:
         pid = self._running_pid(name)
@@ -312,10 +325,7 @@ class LocalStack:
         for sig, wait_s in ((signal.SIGTERM, self.config.stop_timeout_s), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            deadline = time.monotonic() + wait_s
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not _alive(pid):
+            if _wait_exited(pid, wait_s):
                 self._pid_path(name).unlink(missing_ok=True)
                 return True
         raise StackError(
@@ -355,6 +365,17 @@ def _require_binary(name: str, install_hint: str) -> str:
     if found is None:
         raise StackError(f"`{name}` not found on PATH; install it: {install_hint}", service=name)
     return found
+
+
+def _wait_exited(pid: int, timeout_s: float) -> bool:
+    """Poll every 50 ms until `pid` has exited (True), or `timeout_s` passes with it running (False)."""
+    polling = Retrying(
+        retry=retry_if_result(bool),
+        stop=stop_after_delay(timeout_s),
+        wait=wait_fixed(0.05),
+        retry_error_callback=lambda state: state.outcome.result(),
+    )
+    return not polling(_alive, pid)
 
 
 def _alive(pid: int) -> bool:

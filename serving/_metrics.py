@@ -1,26 +1,46 @@
-"""Serving metrics in the Prometheus text format (0.0.4), kept per app instance.
+"""Serving metrics, exposed with prometheus_client from a registry of each app's own.
 
-Written by hand rather than with prometheus_client: it is not a declared dependency, and its
-process-global default registry would make two apps in one process (tests) share counters.
+`ServingMetrics` is a prometheus_client collector: it keeps its counts under one lock and
+builds the metric families on each scrape; `generate_latest(metrics.registry)` writes the text.
+It does not use prometheus_client's `Counter`/`Histogram` objects, whose storage is chosen once
+per process: importing Feast sets `PROMETHEUS_MULTIPROC_DIR`, and in that mode every metric is
+backed by one mmap file per process, so a second app in the process (tests, the demo) would
+start from the first one's counts.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
-from collections import defaultdict
+from collections import Counter
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-
-def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    if not pairs:
-        return ""
-    escaped = (
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(10), chr(92) + "n").replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in pairs
-    )
-    return "{" + ",".join(escaped) + "}"
+# The plain counters `add` increments: name -> (metric name, help).
+_COUNTERS = {
+    "decisions_logged": ("streamrl_serving_decisions_logged_total", "Decisions the broker acknowledged."),
+    "decisions_failed": ("streamrl_serving_decisions_failed_total", "Decisions that could not be logged."),
+    "model_swaps": ("streamrl_serving_model_swaps_total", "Models loaded and swapped in."),
+    "model_swap_failures": (
+        "streamrl_serving_model_swap_failures_total",
+        "Deployed models that failed to load.",
+    ),
+    "feature_lookup_failures": (
+        "streamrl_serving_feature_lookup_failures_total",
+        "Online feature lookups that failed (served on request features).",
+    ),
+}
 
 
 class ServingMetrics:
@@ -28,91 +48,75 @@ class ServingMetrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str], int] = defaultdict(int)
+        self._requests: Counter[tuple[str, str]] = Counter()
+        # Per endpoint: observations per bucket (the last one is +Inf), and their sum.
         self._latency_counts: dict[str, list[int]] = {}
-        self._latency_sum: dict[str, float] = defaultdict(float)
-        self._latency_n: dict[str, int] = defaultdict(int)
-        self.decisions_logged = 0
-        self.decisions_failed = 0
-        self.model_swaps = 0
-        self.model_swap_failures = 0
-        self.feature_lookup_failures = 0
-        self.model_version: str | None = None
+        self._latency_sum_s: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._model_version: str | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
 
     def observe_request(self, endpoint: str, status: int, latency_s: float) -> None:
         with self._lock:
             self._requests[(endpoint, str(status))] += 1
-            counts = self._latency_counts.setdefault(endpoint, [0] * len(LATENCY_BUCKETS_S))
-            index = bisect.bisect_left(LATENCY_BUCKETS_S, latency_s)
-            if index < len(counts):
-                counts[index] += 1
-            self._latency_sum[endpoint] += latency_s
-            self._latency_n[endpoint] += 1
+            counts = self._latency_counts.setdefault(endpoint, [0] * (len(LATENCY_BUCKETS_S) + 1))
+            counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency_s)] += 1
+            self._latency_sum_s[endpoint] += latency_s
 
     def add(self, name: str, n: int = 1) -> None:
         """Increment one of the plain counters (`decisions_logged`, `model_swaps`, ...)."""
+        if name not in _COUNTERS:
+            raise KeyError(f"no serving counter {name!r}; the counters are {sorted(_COUNTERS)}")
         with self._lock:
-            setattr(self, name, getattr(self, name) + n)
+            self._counts[name] += n
 
     def requests_total(self, endpoint: str, status: int) -> int:
         with self._lock:
-            return self._requests.get((endpoint, str(status)), 0)
+            return self._requests[(endpoint, str(status))]
 
-    def render(self) -> str:
-        """The whole exposition, one snapshot under the lock."""
+    @property
+    def model_version(self) -> str | None:
+        return self._model_version
+
+    @model_version.setter
+    def model_version(self, version: str | None) -> None:
+        """Only the served version is exported: a swap drops the previous version's series."""
         with self._lock:
-            out: list[str] = []
+            self._model_version = version
 
-            def family(name: str, kind: str, help_text: str) -> None:
-                out.append(f"# HELP {name} {help_text}")
-                out.append(f"# TYPE {name} {kind}")
+    def render(self) -> bytes:
+        """The whole exposition in Prometheus text format (serve it as `CONTENT_TYPE_LATEST`)."""
+        return generate_latest(self.registry)
 
-            family("streamrl_serving_requests_total", "counter", "HTTP requests by endpoint and status code.")
-            for (endpoint, status), n in sorted(self._requests.items()):
-                out.append(
-                    f"streamrl_serving_requests_total{_labels((('endpoint', endpoint), ('status', status)))} {n}"
-                )
-            family("streamrl_serving_request_latency_seconds", "histogram", "Request latency in the server.")
-            for endpoint, counts in sorted(self._latency_counts.items()):
-                cumulative = 0
-                for bound, n in zip(LATENCY_BUCKETS_S, counts, strict=True):
-                    cumulative += n
-                    labels = _labels((("endpoint", endpoint), ("le", repr(bound))))
-                    out.append(f"streamrl_serving_request_latency_seconds_bucket{labels} {cumulative}")
-                total = self._latency_n[endpoint]
-                labels = _labels((("endpoint", endpoint), ("le", "+Inf")))
-                out.append(f"streamrl_serving_request_latency_seconds_bucket{labels} {total}")
-                ep = _labels((("endpoint", endpoint),))
-                out.append(
-                    f"streamrl_serving_request_latency_seconds_sum{ep} {self._latency_sum[endpoint]!r}"
-                )
-                out.append(f"streamrl_serving_request_latency_seconds_count{ep} {total}")
-            for name, value, help_text in (
-                (
-                    "streamrl_serving_decisions_logged_total",
-                    self.decisions_logged,
-                    "Decisions the broker acknowledged.",
-                ),
-                (
-                    "streamrl_serving_decisions_failed_total",
-                    self.decisions_failed,
-                    "Decisions that could not be logged.",
-                ),
-                ("streamrl_serving_model_swaps_total", self.model_swaps, "Models loaded and swapped in."),
-                (
-                    "streamrl_serving_model_swap_failures_total",
-                    self.model_swap_failures,
-                    "Deployed models that failed to load.",
-                ),
-                (
-                    "streamrl_serving_feature_lookup_failures_total",
-                    self.feature_lookup_failures,
-                    "Online feature lookups that failed (served on request features).",
-                ),
-            ):
-                family(name, "counter", help_text)
-                out.append(f"{name} {value}")
-            family("streamrl_serving_model_version", "gauge", "1 for the model version currently served.")
-            if self.model_version is not None:
-                out.append(f"streamrl_serving_model_version{_labels((('version', self.model_version),))} 1")
-            return "\n".join(out) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        """The metric families as they stand now, one snapshot under the lock (the collector API)."""
+        with self._lock:
+            requests = sorted(self._requests.items())
+            latency = sorted((e, list(c), self._latency_sum_s[e]) for e, c in self._latency_counts.items())
+            counts = dict(self._counts)
+            version = self._model_version
+        family = CounterMetricFamily(
+            "streamrl_serving_requests_total",
+            "HTTP requests by endpoint and status code.",
+            labels=("endpoint", "status"),
+        )
+        for labels, n in requests:
+            family.add_metric(labels, n)
+        yield family
+        histogram = HistogramMetricFamily(
+            "streamrl_serving_request_latency_seconds", "Request latency in the server.", labels=("endpoint",)
+        )
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS_S), "+Inf"]
+        for endpoint, per_bucket, sum_s in latency:
+            buckets = list(zip(bounds, itertools.accumulate(per_bucket), strict=True))
+            histogram.add_metric([endpoint], buckets, sum_value=sum_s)
+        yield histogram
+        for name, (metric, help_text) in _COUNTERS.items():
+            yield CounterMetricFamily(metric, help_text, value=counts.get(name, 0))
+        gauge = GaugeMetricFamily(
+            "streamrl_serving_model_version", "1 for the model version currently served.", labels=("version",)
+        )
+        if version is not None:
+            gauge.add_metric([version], 1)
+        yield gauge

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from contracts import DecisionEvent
@@ -140,10 +141,10 @@ def create_app(config: ServingConfig) -> FastAPI:
         health = _health(request.app.state.runtime)
         return JSONResponse(health.model_dump(), status_code=503 if health.status == "unavailable" else 200)
 
-    @app.get("/metrics")
-    async def prometheus_metrics() -> PlainTextResponse:
-        """Prometheus text exposition."""
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition of this app's own registry."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

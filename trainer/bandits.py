@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from features import NormalizationModule, NormalizationSpec
+from trainer._progress import epoch_bar, show_metrics
 from trainer.artifact import (
     EXPLORATION_WIDTH_OUTPUT,
     FEATURES_INPUT,
@@ -390,7 +391,8 @@ def _fit_neural(
         shuffle = torch.Generator().manual_seed(config.seed)
         n = len(rewards)
         loss_sum = 0.0
-        for _ in range(config.num_epochs):
+        epochs = epoch_bar(range(config.num_epochs), desc=config.type)
+        for _ in epochs:
             loss_sum = 0.0
             order = torch.randperm(n, generator=shuffle)
             for start in range(0, n, config.batch_size):
@@ -401,6 +403,7 @@ def _fit_neural(
                 loss.backward()
                 optimizer.step()
                 loss_sum += float(loss.detach()) * len(idx)
+            show_metrics(epochs, {"train/reward_mse": loss_sum / n}, ("train/reward_mse",))
     finally:
         torch.set_num_threads(previous_threads)
     network.eval()

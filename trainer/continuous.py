@@ -25,6 +25,7 @@ from torch import nn
 
 from features import NormalizationModule, NormalizationSpec, build_feature_matrix
 from features.spec import ACTION_EPS
+from trainer._progress import epoch_bar, show_metrics
 from trainer.artifact import DataRange
 from trainer.data import checked_rewards, describe_rows, feature_maps
 from trainer.errors import TrainerError, TrainingDataError
@@ -393,7 +394,8 @@ def train_continuous(
             history: list[dict[str, float]] = []
             global_step = 0
             with SummaryWriter(str(log_dir)) as writer:
-                for epoch in range(config.num_epochs):
+                epochs = epoch_bar(range(config.num_epochs), desc=getattr(config, "type", "continuous"))
+                for epoch in epochs:
                     sums: dict[str, list[float]] = {}
                     for rows in torch.randperm(data.n_rows, generator=shuffle).split(config.batch_size):
                         for name, value in learner.update(data.take(rows)).items():
@@ -405,6 +407,7 @@ def train_continuous(
                     for name, value in metrics.items():
                         writer.add_scalar(name, value, epoch)
                     history.append(metrics)
+                    show_metrics(epochs, metrics, ("train/critic_loss", "train/actor_loss"))
     finally:
         torch.set_num_threads(previous_threads)
     learner.actor.eval()

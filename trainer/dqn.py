@@ -22,6 +22,7 @@ from tensorboardX import SummaryWriter
 from torch import nn
 
 from features import NormalizationModule, NormalizationSpec
+from trainer._progress import epoch_bar, show_metrics
 from trainer.artifact import DataRange
 from trainer.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -181,7 +182,8 @@ def _train(
     throughputs: list[float] = []
     writer = SummaryWriter(str(log_dir)) if ctx.is_main else None
     try:
-        for epoch in range(progress.epoch, config.num_epochs):
+        epochs = epoch_bar(range(progress.epoch, config.num_epochs), desc=config.type, enabled=ctx.is_main)
+        for epoch in epochs:
             if progress.epoch_shuffle_state is not None:
                 shuffle.set_state(progress.epoch_shuffle_state)
             progress.epoch, progress.epoch_shuffle_state = epoch, shuffle.get_state()
@@ -222,6 +224,7 @@ def _train(
                 # Wall-clock speed is logged but kept out of `metrics`, which are deterministic.
                 writer.add_scalar("train/transitions_per_s", throughputs[-1], epoch)
             progress.history.append(metrics)
+            show_metrics(epochs, metrics, ("train/td_loss",))
             # The generator now stands where the next epoch's permutation starts.
             progress.epoch, progress.batch, progress.epoch_shuffle_state = epoch + 1, 0, shuffle.get_state()
             progress.td_sum, progress.td_count = 0.0, 0

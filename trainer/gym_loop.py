@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tensorboardX import SummaryWriter
 
 from features import NormalizationSpec, fit_normalization
+from trainer._progress import step_bar
 from trainer.continuous import ReplayBuffer, build_learner, to_unit
 from trainer.continuous_export import ContinuousOnnxPolicy, export_continuous_policy
 from trainer.errors import TrainerError
@@ -188,12 +189,17 @@ def run_online(
             learner = build_learner(spec, algorithm)
             onnx_bytes = export_continuous_policy(learner.actor, seed=loop.seed)  # parity-checked once
             next_eval = loop.eval_every_steps
-            with SummaryWriter(str(log_dir)) as writer:
+            env_steps = step_bar(
+                total=loop.total_env_steps, initial=state.env_steps, desc=f"{loop.env_id} online", unit="step"
+            )
+            with SummaryWriter(str(log_dir)) as writer, env_steps:
                 while state.env_steps < loop.total_env_steps:
                     policy = ContinuousOnnxPolicy(onnx_bytes, *bounds)
-                    for _ in range(min(loop.steps_per_round, loop.total_env_steps - state.env_steps)):
+                    round_steps = min(loop.steps_per_round, loop.total_env_steps - state.env_steps)
+                    for _ in range(round_steps):
                         action = policy.sample(state.obs[None], rng)[0]
                         state.step(buffer, action, bounds)
+                    env_steps.update(round_steps)
                     tick = time.perf_counter()
                     updates = max(1, round(loop.steps_per_round * loop.updates_per_step))
                     metrics: dict[str, list[float]] = {}
@@ -215,6 +221,7 @@ def run_online(
                         history.append(
                             {"env_steps": float(state.env_steps), "eval/mean_score": float(np.mean(scores))}
                         )
+                        env_steps.set_postfix(score=f"{np.mean(scores):.0f}", refresh=False)
                         next_eval += loop.eval_every_steps
     finally:
         torch.set_num_threads(previous_threads)

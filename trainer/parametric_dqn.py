@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from features import NormalizationConfig, NormalizationModule, NormalizationSpec
+from trainer._progress import epoch_bar, show_metrics
 from trainer.artifact import (
     ACTION_FEATURES_INPUT,
     CANDIDATE_MASK_INPUT,
@@ -193,7 +194,8 @@ def _train(
     shuffle = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     step = 0
-    for _ in range(config.num_epochs):
+    epochs = epoch_bar(range(config.num_epochs), desc=config.type)
+    for _ in epochs:
         td_sum = 0.0
         for idx in torch.randperm(data.n_rows, generator=shuffle).split(config.batch_size):
             with torch.no_grad():
@@ -220,6 +222,7 @@ def _train(
         history.append(
             {"train/td_loss": td_sum / data.n_rows, **_q_metrics(network, data.states, data.action_features)}
         )
+        show_metrics(epochs, history[-1], ("train/td_loss",))
     return network.eval(), history
 
 
