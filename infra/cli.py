@@ -1,39 +1,46 @@
-"""`streamrl` command line: one small module per subcommand, imported only when that command runs.
+"""`streamrl` command line: argparse subcommands, one small module per command in `infra/commands/`.
 
-Add a command by writing `infra/commands/<name>.py` with `build_parser(prog) -> ArgumentParser` and
-`run(args) -> int`, then adding one line to `COMMANDS`.
+Each command module provides `HELP` (its line in `streamrl --help`), `DESCRIPTION`,
+`add_arguments(parser)` and `run(args) -> int`. The modules import only cheap things at the top
+and a command's heavy imports (torch, Spark, Feast, onnxruntime) inside its `run`, so building
+the parser stays cheap and `streamrl stack up` never imports torch. Add a command by writing its
+module and adding one line to `COMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from typing import Protocol
 
 from contracts import StreamrlError
+from infra.commands import demo, deploy, features, monitor, refresh, rollback, serve, stack, stream, train
 
 
 class Command(Protocol):
     """What a module in `infra/commands/` provides."""
 
-    def build_parser(self, prog: str) -> argparse.ArgumentParser: ...
+    HELP: str
+    DESCRIPTION: str
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
 
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-# name -> (module, one-line help). Modules are imported lazily: `streamrl stack up` never imports torch.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "stack": ("infra.commands.stack", "start, stop or inspect the local stack (Kafka broker, Redis, S3)"),
-    "demo": ("infra.commands.demo", "run the whole loop on the local stack with the simulated app"),
-    "stream": ("infra.commands.stream", "run the Spark timeline job"),
-    "serve": ("infra.commands.serve", "run the HTTP action service"),
-    "monitor": ("infra.commands.monitor", "show live metrics per model version (--worker runs the agents)"),
-    "train": ("infra.commands.train", "train one run from its YAML and register the model (not deployed)"),
-    "refresh": ("infra.commands.refresh", "train, evaluate, gate and deploy a new model (nightly)"),
-    "rollback": ("infra.commands.rollback", "restore the previously deployed model"),
-    "features": ("infra.commands.features", "feature store freshness; acknowledge a refused spec"),
+# Listed in `streamrl --help` in this order: the stack, the loop's long-running jobs, then one-off steps.
+COMMANDS: dict[str, Command] = {
+    "stack": stack,
+    "demo": demo,
+    "stream": stream,
+    "serve": serve,
+    "monitor": monitor,
+    "train": train,
+    "refresh": refresh,
+    "deploy": deploy,
+    "rollback": rollback,
+    "features": features,
 }
 
 
@@ -41,28 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamrl",
         description="Streaming continuous-learning RL: log, timelines, features, train, evaluate, serve.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="commands:\n" + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()),
+        epilog="`streamrl COMMAND --help` shows a command's options.",
     )
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND", help="see the list below")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command (COMMAND --help)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for name, command in COMMANDS.items():
+        command.add_arguments(commands.add_parser(name, help=command.HELP, description=command.DESCRIPTION))
     return parser
-
-
-def load_command(name: str) -> Command:
-    module_name, _ = COMMANDS[name]
-    return importlib.import_module(module_name)  # type: ignore[return-value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `streamrl` console script; returns the exit code."""
-    top = build_parser().parse_args(argv)
-    command = load_command(top.command)
-    args = command.build_parser(f"streamrl {top.command}").parse_args(top.args)
+    args = build_parser().parse_args(argv)
     try:
-        return command.run(args)
+        return COMMANDS[args.command].run(args)
     except StreamrlError as exc:
-        print(f"streamrl {top.command}: error: {exc}", file=sys.stderr)
+        print(f"streamrl {args.command}: error: {exc}", file=sys.stderr)
         return 1
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
+from tabulate import tabulate
 
 from monitoring.app import create_app
 from monitoring.config import MonitoringConfig
@@ -131,35 +132,44 @@ def _format_mix(action_counts: dict[str, int], decisions: int) -> str:
     return " ".join(f"{action}:{count / decisions:.0%}" for action, count in sorted(action_counts.items()))
 
 
+_TABLE_HEADERS = (
+    "window_start (UTC)",
+    "model_version",
+    "rev",
+    "decisions",
+    "action mix",
+    "rewards",
+    "mean_reward",
+    "min_prop",
+    "alerts",
+)
+_TEXT_COLUMNS = [0, 1, 4, 8]  # never parsed as numbers (a version such as '1e3' stays text)
+
+
 def format_metrics_table(windows: Iterable[MetricsWindow]) -> str:
-    """Render the latest revision of each window as a fixed-width text table (for `streamrl monitor`)."""
-    header = (
-        "window_start (UTC)",
-        "model_version",
-        "rev",
-        "decisions",
-        "action mix",
-        "rewards",
-        "mean_reward",
-    )
-    rows = [header + ("min_prop", "alerts")]
-    for w in latest_revisions(windows):
-        rows.append(
-            (
-                w.window_start.strftime("%Y-%m-%d %H:%M:%S"),
-                w.model_version,
-                str(w.revision),
-                str(w.decisions),
-                _format_mix(w.action_counts, w.decisions),
-                str(w.rewards),
-                "-" if w.mean_reward is None else f"{w.mean_reward:.4f}",
-                "-" if w.min_propensity is None else f"{w.min_propensity:.4f}",
-                ",".join(a.split(":", 1)[0] for a in w.alerts) or "-",
-            )
+    """Render the latest revision of each window as a plain text table (for `streamrl monitor`)."""
+    rows = [
+        (
+            w.window_start.strftime("%Y-%m-%d %H:%M:%S"),
+            w.model_version,
+            w.revision,
+            w.decisions,
+            _format_mix(w.action_counts, w.decisions),
+            w.rewards,
+            w.mean_reward,
+            w.min_propensity,
+            ",".join(a.split(":", 1)[0] for a in w.alerts) or "-",
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) + 2)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+        for w in latest_revisions(windows)
+    ]
+    return tabulate(
+        rows,
+        headers=_TABLE_HEADERS,
+        tablefmt="plain",
+        missingval="-",
+        floatfmt=".4f",
+        # Column indices raise IndexError in tabulate when there are no rows (nothing to parse then).
+        disable_numparse=_TEXT_COLUMNS if rows else True,
     )
 
 

@@ -21,7 +21,8 @@ class NoModelError(ServingError):
         self.reason = reason
         super().__init__(
             f"no model is loaded from registry {registry_root!r} ({reason}); "
-            "deploy one with `streamrl deploy VERSION` and retry"
+            "deploy one with `streamrl deploy VERSION` (`streamrl deploy --list` shows the registered "
+            "versions) and retry"
         )
 
 

@@ -1,1 +1,5 @@
-"""One module per `streamrl` subcommand, each with `build_parser(prog)` and `run(args)` (see infra/cli.py)."""
+"""One module per `streamrl` subcommand: `HELP`, `DESCRIPTION`, `add_arguments(parser)`, `run(args)`.
+
+Each module imports only cheap things at the top (argparse, `_common`); heavy ones go inside `run`.
+See infra/cli.py.
+"""

@@ -6,17 +6,16 @@ import argparse
 
 from infra.commands._common import add_environment_arguments
 
+HELP = "run the whole loop on the local stack with the simulated app"
+DESCRIPTION = "Run the full loop on the embedded local stack with the simulated app."
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Run the full loop on the embedded local stack with the simulated app."
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(parser)
     parser.add_argument(
         "--days", type=int, default=None, help="simulated days (default: the config's demo.days)"
     )
     parser.add_argument("--users", type=int, default=None, help="simulated users (default: the config's)")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,21 +9,42 @@ from __future__ import annotations
 import argparse
 from datetime import datetime
 
+from tabulate import tabulate
+
 from infra.commands._common import add_environment_arguments, environment_from
 
+HELP = "feature store freshness; acknowledge a refused spec"
+DESCRIPTION = "Feature store freshness and spec acknowledgements."
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Feature store freshness and spec acknowledgements."
+_HEADERS = (
+    "feature view",
+    "ttl",
+    "offline rows",
+    "newest offline",
+    "online",
+    "newest online",
+    "age",
+    "state",
+)
+_ALIGN = ("left", "right", "right", "left", "right", "left", "right", "left")  # counts and durations right
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    status = sub.add_parser(
+        "status",
+        help="freshness per feature view and the latest published spec",
+        description="Freshness per feature view (offline history, online store); exits 1 when stale.",
     )
-    sub = parser.add_subparsers(dest="action", required=True)
-    status = sub.add_parser("status", help="freshness per feature view and the latest published spec")
     add_environment_arguments(status)
-    ack = sub.add_parser("ack", help="accept a refused normalization spec so the next refresh publishes it")
+    ack = sub.add_parser(
+        "ack",
+        help="accept a refused normalization spec so the next refresh publishes it",
+        description="Publish a normalization spec the refresh refused (type change, large shift).",
+    )
     add_environment_arguments(ack)
     ack.add_argument("version", help="spec version, e.g. spec-1a2b3c4d5e6f (printed by the refused refresh)")
     ack.add_argument("--note", default="", help="why the change is acceptable (kept in acknowledged.json)")
-    return parser
 
 
 def _when(moment: datetime | None) -> str:
@@ -51,13 +72,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     config = env.feature_store_config()
     status = feature_view_status(config)
-    print(f"{'feature view':<14} {'ttl':>8} {'offline rows':>12}  {'newest offline':<24} {'online':>8}  "
-          f"{'newest online':<24} {'age':>9}  state")  # fmt: skip
-    print(
-        f"{status.feature_view:<14} {_age(status.ttl_s):>8} {status.offline_rows:>12}  "
-        f"{_when(status.offline_newest):<24} {status.online_entities:>8}  {_when(status.online_newest):<24} "
-        f"{_age(status.age_s):>9}  {'STALE (older than ttl)' if status.stale else 'fresh'}"
+    row = (
+        status.feature_view,
+        _age(status.ttl_s),
+        status.offline_rows,
+        _when(status.offline_newest),
+        status.online_entities,
+        _when(status.online_newest),
+        _age(status.age_s),
+        "STALE (older than ttl)" if status.stale else "fresh",
     )
+    print(tabulate([row], headers=_HEADERS, tablefmt="plain", colalign=_ALIGN))
     spec = latest_spec(env.specs_dir)
     print(f"latest published spec: {spec.version + ' (' + _when(spec.created_at) + ')' if spec else 'none'}")
     pending = sorted(p.name for p in (env.specs_dir / "pending").glob("normalization_*.json"))

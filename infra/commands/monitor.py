@@ -7,13 +7,14 @@ import time
 
 from infra.commands._common import add_environment_arguments, environment_from
 
+HELP = "show live metrics per model version (--worker runs the agents)"
+DESCRIPTION = "Show streaming metrics per model version, read back from the metrics topic."
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Show streaming metrics per model version.")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(parser)
     parser.add_argument("--worker", action="store_true", help="run the faust monitoring worker (blocks)")
     parser.add_argument("--once", action="store_true", help="print the current table once and exit")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,18 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 from infra.commands._common import add_environment_arguments, environment_from
 
+HELP = "train, evaluate, gate and deploy a new model (nightly)"
+DESCRIPTION = (
+    "Fit the normalization spec, train a candidate on the timelines, evaluate it on what "
+    "the deployed model logged, and deploy it if the gate approves."
+)
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Fit the normalization spec, train a candidate on the timelines, evaluate it on what "
-        "the deployed model logged, and deploy it if the gate approves.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(parser)
     parser.add_argument("--train-days", type=float, default=7.0, help="train on the last N days of timelines")
     parser.add_argument("--eval-days", type=float, default=1.0, help="evaluate on the last N days")
     parser.add_argument("--actions", required=True, help="comma-separated action names, in model order")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         env.config.demo.learned_exploration,
         label=now.strftime("%Y%m%dT%H%M%S"),
         previous_spec=latest_spec(env.specs_dir),
+        progress=lambda line: print(line, flush=True),  # a scheduler's log shows each step as it starts
     )
     if result.spec_diff is not None and result.spec_diff.has_changes:
         print(f"normalization spec changed: {result.spec_diff.summary()}")

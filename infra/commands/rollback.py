@@ -6,12 +6,13 @@ import argparse
 
 from infra.commands._common import add_environment_arguments, environment_from
 
+HELP = "restore the previously deployed model"
+DESCRIPTION = "Restore the previously deployed model; serving follows within its poll interval."
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Restore the previously deployed model.")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(parser)
     parser.add_argument("--reason", default="manual rollback", help="recorded in the deployment history")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import signal
+from types import FrameType
 
 from infra.commands._common import add_environment_arguments, environment_from
 
+HELP = "run the HTTP action service (until SIGTERM)"
+DESCRIPTION = "Serve actions over HTTP (POST /v1/act) with the deployed model, until SIGTERM/SIGINT."
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Serve actions over HTTP (POST /v1/act).")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(parser)
-    return parser
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,5 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from serving import create_app
 
     config = environment_from(args).serving_config()
+    # uvicorn stops gracefully on SIGTERM/SIGINT (the lifespan flushes the decision log), then
+    # re-raises the signal to the handler installed before it: this one makes a stop exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
     return 0

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from infra.stack import LocalStack, ServiceStatus
+from tabulate import tabulate
+
 from infra.stack_config import BrokerStorage, StackConfig
 
+if TYPE_CHECKING:
+    from infra.stack import ServiceStatus
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Manage the local stack. Settings come from STREAMRL_* variables "
-        "(STREAMRL_BROKER_PORT, STREAMRL_REDIS_PORT, STREAMRL_BROKER_STORAGE, STREAMRL_STATE_DIR, ...).",
-    )
+HELP = "start, stop or inspect the local stack (Kafka broker, Redis, S3)"
+DESCRIPTION = (
+    "Manage the local stack. Settings come from STREAMRL_* variables "
+    "(STREAMRL_BROKER_PORT, STREAMRL_REDIS_PORT, STREAMRL_BROKER_STORAGE, STREAMRL_STATE_DIR, ...)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument(
         "--storage",
@@ -23,10 +29,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "default STREAMRL_BROKER_STORAGE or memory",
     )
     parser.add_argument("--state-dir", help="where PID files, logs and data live (default .streamrl/stack)")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from infra.stack import LocalStack
+
     overrides: dict[str, object] = {}
     if args.storage:
         overrides["broker_storage"] = args.storage
@@ -48,13 +55,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_status(statuses: Sequence[ServiceStatus]) -> str:
-    """A small aligned table: service, state, pid, address, log."""
-    rows = [("SERVICE", "STATE", "PID", "ADDRESS", "LOG")]
-    for s in statuses:
-        state = "healthy" if s.healthy else ("unhealthy" if s.pid is not None else "stopped")
-        rows.append((s.name, state, str(s.pid or "-"), s.address, str(s.log_path)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
-        for row in rows
+    """One row per service: name, state (healthy, unhealthy or stopped), pid, address, log file."""
+    rows = [
+        (
+            s.name,
+            "healthy" if s.healthy else ("unhealthy" if s.pid is not None else "stopped"),
+            s.pid,
+            s.address,
+            str(s.log_path),
+        )
+        for s in statuses
+    ]
+    return tabulate(
+        rows,
+        headers=("SERVICE", "STATE", "PID", "ADDRESS", "LOG"),
+        tablefmt="plain",
+        missingval="-",
+        disable_numparse=True,
     )

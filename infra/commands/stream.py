@@ -8,14 +8,15 @@ import threading
 
 from infra.commands._common import add_environment_arguments, environment_from
 
+HELP = "run the Spark timeline job (until SIGTERM)"
+DESCRIPTION = "Build MDP timelines from the event topics, until SIGTERM/SIGINT."
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Build MDP timelines from the event topics.")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(parser)
     parser.add_argument(
         "--master", default="local[2]", help="Spark master (default local[2]; a cluster URL too)"
     )
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+HELP = "train one run from its YAML and register the model (not deployed)"
+DESCRIPTION = (
+    "Train on timelines as the run file says, export to ONNX and register the model "
+    "(the evaluation gate decides about deploying). Resumes from the newest checkpoint if configured."
+)
 
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Train on timelines as the run file says, export to ONNX and register the model "
-        "(the evaluation gate decides about deploying). Resumes from the newest checkpoint if configured.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="run YAML (see trainer/run_config.py)")
-    return parser
 
 
 def run(args: argparse.Namespace) -> int:
