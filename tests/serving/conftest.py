@@ -13,6 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from contracts import Topics
+from serving import ServingConfig
 from trainer import ModelRegistry
 from trainer.artifact import FEATURES_INPUT, MASK_INPUT, PROBS_OUTPUT, Q_OUTPUT
 from trainer.policy import ExplorationConfig, SoftmaxExploration
@@ -81,3 +83,16 @@ def register_model(
 @pytest.fixture
 def registry(tmp_path: Path) -> ModelRegistry:
     return ModelRegistry(tmp_path / "registry")
+
+
+@pytest.fixture
+def config(local_stack, topics: Topics, registry: ModelRegistry) -> ServingConfig:
+    """Serving on the session broker and this test's registry: fast polling, a fixed seed, batches of 300."""
+    return ServingConfig(
+        registry_root=registry.root,
+        bootstrap_servers=local_stack.bootstrap_servers,
+        topics=topics,
+        poll_interval_s=0.1,
+        seed=7,
+        max_batch=300,
+    )

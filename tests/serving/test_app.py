@@ -9,25 +9,12 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from contracts import Topics
-from serving import ServingConfig, create_app
+from serving import create_app
 from tests.serving._kafka import read_decisions
 from tests.serving.conftest import ACTIONS, FEATURES, linear_q_onnx, register_model
 from trainer import ModelRegistry
 from trainer.artifact import FEATURES_INPUT, MASK_INPUT, Q_OUTPUT
 from trainer.policy import SoftmaxExploration
-
-
-@pytest.fixture
-def config(local_stack, topics: Topics, registry: ModelRegistry) -> ServingConfig:
-    return ServingConfig(
-        registry_root=registry.root,
-        bootstrap_servers=local_stack.bootstrap_servers,
-        topics=topics,
-        poll_interval_s=0.1,
-        seed=7,
-        max_batch=300,
-    )
 
 
 def _expected_distribution(

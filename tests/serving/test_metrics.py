@@ -12,24 +12,11 @@ from fastapi.testclient import TestClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts import Topics
-from serving import ServingConfig, create_app
+from serving import create_app
 from serving._metrics import LATENCY_BUCKETS_S, ServingMetrics
 from tests.serving.conftest import register_model
-from trainer import ModelRegistry
 
 BODY = {"entity_id": "user-1", "context_features": {"f_age": 0.3}, "possible_actions": ["email", "push"]}
-
-
-@pytest.fixture
-def config(local_stack, topics: Topics, registry: ModelRegistry) -> ServingConfig:
-    return ServingConfig(
-        registry_root=registry.root,
-        bootstrap_servers=local_stack.bootstrap_servers,
-        topics=topics,
-        poll_interval_s=0.1,
-        seed=7,
-    )
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
