@@ -98,7 +98,11 @@ class NormalizationConfig(BaseModel):
         description="a feature with no present value: raise, or give it neutral CONTINUOUS parameters "
         "(every input is then missing: value 0, mask 0)",
     )
-    block_on_type_change: bool = Field(False, description="refuse a new spec that changes a feature's type")
+    block_on_type_change: bool = Field(
+        False,
+        description="hold a new spec that changes a feature's type, adds, removes or reorders features until "
+        "`streamrl features ack`; false: publish it and show the change in the spec diff and report",
+    )
     block_on_parameter_shift: bool = Field(
         False, description="refuse a new spec whose parameters shift a lot"
     )

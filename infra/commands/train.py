@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     config = load_run_config(args.config)
     metadata = run_training(config)
     if metadata is not None:  # rank 0, or the only process
-        shown = {k: metadata.training_metrics[k] for k in ("train/td_loss", "train/mc_loss")}
         print(f"registered {metadata.algorithm} model {metadata.version} in {config.output.registry_dir}")
-        print("  " + ", ".join(f"{name}={value:.4g}" for name, value in shown.items()))
+        # Each family writes its own final metrics (TD/MC loss for DQN, reward error for bandits, ...);
+        # per-action ones (`train/q_mean/<action>`) stay in TensorBoard.
+        shown = sorted((k, v) for k, v in metadata.training_metrics.items() if k.count("/") == 1)
+        if shown:
+            print("  " + ", ".join(f"{name}={value:.4g}" for name, value in shown))
     return 0

@@ -121,6 +121,26 @@ def test_streamrl_train_registers_a_model_and_reports_to_tensorboard(tmp_path: P
     assert events.Scalars("train/td_loss")[-1].value < events.Scalars("train/td_loss")[0].value
 
 
+@pytest.mark.parametrize("algorithm", ["linucb", "linear_thompson", "neural_bandit"])
+def test_streamrl_train_registers_a_bandit_and_prints_its_own_metrics(
+    tmp_path: Path, capsys, algorithm: str
+) -> None:
+    write_timelines(make_bandit_timelines(200, seed=3), tmp_path / "stream")
+    path = _edit(write_run_config(tmp_path, FAST), lambda d: d.update(algorithm={"type": algorithm}))
+
+    assert streamrl(["train", "--config", str(path)]) == 0
+
+    registry = ModelRegistry(tmp_path / "registry")
+    (version,) = registry.list_versions()
+    metadata = registry.metadata(version)
+    assert metadata.algorithm == algorithm
+    out = capsys.readouterr().out
+    assert f"registered {algorithm} model {version}" in out
+    assert "train/td_loss" not in metadata.training_metrics  # a bandit has no TD loss to print
+    mse = metadata.training_metrics["train/reward_mse"]
+    assert f"train/reward_mse={mse:.4g}" in out
+
+
 def test_streamrl_train_reports_an_empty_time_range(tmp_path: Path, capsys) -> None:
     write_timelines(make_bandit_timelines(20, seed=3), tmp_path / "stream")
     path = _edit(
