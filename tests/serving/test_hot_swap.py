@@ -15,23 +15,17 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from contracts import Topics
 from serving import ServingConfig, create_app
 from tests.serving.conftest import ACTIONS, register_model
-from trainer import ModelRegistry
 from trainer.registry import DeploymentEvent, DeploymentKind, DeploymentState
 
 BODY = {"entity_id": "u", "context_features": {"f_age": 0.5}, "possible_actions": ACTIONS}
 
 
 @pytest.fixture
-def config(local_stack, topics: Topics, registry: ModelRegistry) -> ServingConfig:
-    return ServingConfig(
-        registry_root=registry.root,
-        bootstrap_servers=local_stack.bootstrap_servers,
-        topics=topics,
-        poll_interval_s=0.05,
-    )
+def config(config: ServingConfig) -> ServingConfig:
+    """The shared serving config, polling the deploy pointer faster: swaps are what is tested here."""
+    return config.model_copy(update={"poll_interval_s": 0.05})
 
 
 def _free_port() -> int:
