@@ -1,5 +1,6 @@
 """Records and errors shared by every stage: the only module all stages may import."""
 
+from contracts.actions import KIND_COLUMNS, ActionKind
 from contracts.errors import StreamrlError
 from contracts.events import (
     DEFAULT_TOPICS,
@@ -10,6 +11,8 @@ from contracts.events import (
 )
 
 __all__ = [
+    "KIND_COLUMNS",
+    "ActionKind",
     "DEFAULT_TOPICS",
     "DeadLetterRecord",
     "DecisionEvent",

@@ -13,7 +13,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+from contracts.actions import ActionKind
+
+SCHEMA_VERSION = 2  # decisions; version 1 events (no `action_kind`) stay valid as discrete
+REWARD_SCHEMA_VERSION = 1
 
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
 
@@ -31,10 +34,24 @@ class _Event(BaseModel):
         return self.model_dump_json().encode("utf-8")
 
 
-class DecisionEvent(_Event):
-    """One decision: what the app saw, what it could do, what it did and with what probability."""
+def _check_features(value: dict[str, float | None], what: str) -> None:
+    for name, x in value.items():
+        if x is not None and not math.isfinite(x):
+            raise ValueError(f"{what} {name!r} is {x}; send null for a missing value")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+
+class DecisionEvent(_Event):
+    """One decision: what the app saw, what it could do, what it did and with what probability.
+
+    `action_kind` says which fields carry the choice (see `contracts.actions`): discrete and
+    parametric decisions name the chosen `action` and its `action_probability`; parametric ones
+    also carry `candidate_features`, one feature map per entry of `possible_actions`; continuous
+    ones carry `action_vector` (one value per entry of `possible_actions`, the action dimensions)
+    and `action_log_density`, the log density of that vector under the policy that drew it.
+    """
+
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    action_kind: ActionKind = ActionKind.DISCRETE
     request_id: NonEmptyStr
     entity_id: NonEmptyStr
     mdp_id: NonEmptyStr
@@ -42,8 +59,11 @@ class DecisionEvent(_Event):
     timestamp: datetime
     context_features: dict[str, float | None]
     possible_actions: list[NonEmptyStr] = Field(min_length=1)
-    action: NonEmptyStr
-    action_probability: float
+    action: NonEmptyStr | None = None
+    action_probability: float | None = None
+    candidate_features: list[dict[str, float | None]] | None = None
+    action_vector: list[float] | None = None
+    action_log_density: float | None = None
     model_version: NonEmptyStr
 
     _utc = field_validator("timestamp")(_require_utc)
@@ -51,31 +71,86 @@ class DecisionEvent(_Event):
     @field_validator("context_features")
     @classmethod
     def _finite_features(cls, value: dict[str, float | None]) -> dict[str, float | None]:
-        for name, x in value.items():
-            if x is not None and not math.isfinite(x):
-                raise ValueError(f"context feature {name!r} is {x}; send null for a missing value")
-        return value
-
-    @field_validator("action_probability")
-    @classmethod
-    def _propensity_in_range(cls, value: float) -> float:
-        if not (0.0 < value <= 1.0) or math.isnan(value):
-            raise ValueError(f"action_probability must be in (0, 1], got {value}")
+        _check_features(value, "context feature")
         return value
 
     @model_validator(mode="after")
-    def _action_is_possible(self) -> DecisionEvent:
+    def _fits_its_kind(self) -> DecisionEvent:
         if len(set(self.possible_actions)) != len(self.possible_actions):
             raise ValueError(f"possible_actions has duplicates: {self.possible_actions}")
-        if self.action not in self.possible_actions:
-            raise ValueError(f"action {self.action!r} is not among possible_actions {self.possible_actions}")
+        if self.schema_version == 1 and self.action_kind is not ActionKind.DISCRETE:
+            raise ValueError(
+                f"schema_version 1 decisions are discrete; send schema_version 2 for action_kind "
+                f"{self.action_kind.value!r}"
+            )
+        _KIND_CHECKS[self.action_kind](self)
         return self
+
+
+def _forbid(event: DecisionEvent, *names: str) -> None:
+    present = [n for n in names if getattr(event, n) is not None]
+    if present:
+        raise ValueError(f"{', '.join(present)} do not apply to {event.action_kind.value} decisions")
+
+
+def _check_chosen(event: DecisionEvent) -> None:
+    if event.action is None or event.action_probability is None:
+        raise ValueError(f"{event.action_kind.value} decisions need action and action_probability")
+    p = event.action_probability
+    if math.isnan(p) or not (0.0 < p <= 1.0):
+        raise ValueError(f"action_probability must be in (0, 1], got {p}")
+    if event.action not in event.possible_actions:
+        raise ValueError(f"action {event.action!r} is not among possible_actions {event.possible_actions}")
+
+
+def _check_discrete(event: DecisionEvent) -> None:
+    _forbid(event, "candidate_features", "action_vector", "action_log_density")
+    _check_chosen(event)
+
+
+def _check_parametric(event: DecisionEvent) -> None:
+    _forbid(event, "action_vector", "action_log_density")
+    _check_chosen(event)
+    candidates = event.candidate_features
+    if candidates is None or len(candidates) != len(event.possible_actions):
+        got = "none" if candidates is None else len(candidates)
+        raise ValueError(
+            f"candidate_features needs one feature map per possible action "
+            f"({len(event.possible_actions)}), got {got}"
+        )
+    for i, features in enumerate(candidates):
+        if not features:
+            raise ValueError(f"candidate_features[{i}] ({event.possible_actions[i]!r}) has no features")
+        _check_features(features, f"candidate_features[{i}] feature")
+
+
+def _check_continuous(event: DecisionEvent) -> None:
+    _forbid(event, "action", "action_probability", "candidate_features")
+    vector, log_density = event.action_vector, event.action_log_density
+    if vector is None or log_density is None:
+        raise ValueError("continuous decisions need action_vector and action_log_density")
+    if len(vector) != len(event.possible_actions):
+        raise ValueError(
+            f"action_vector has {len(vector)} values; expected one per action dimension "
+            f"{event.possible_actions}"
+        )
+    if not all(math.isfinite(x) for x in vector):
+        raise ValueError(f"action_vector must be finite, got {vector}")
+    if not math.isfinite(log_density):
+        raise ValueError(f"action_log_density must be finite, got {log_density}")
+
+
+_KIND_CHECKS = {
+    ActionKind.DISCRETE: _check_discrete,
+    ActionKind.PARAMETRIC: _check_parametric,
+    ActionKind.CONTINUOUS: _check_continuous,
+}
 
 
 class RewardEvent(_Event):
     """A reward (and optional named metrics) observed after a decision, joined by request id."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = REWARD_SCHEMA_VERSION
     request_id: NonEmptyStr
     timestamp: datetime
     reward: float
@@ -102,7 +177,7 @@ class RewardEvent(_Event):
 class DeadLetterRecord(_Event):
     """An event that could not be accepted, with why and the exact bytes that arrived."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     source_topic: str
     source_partition: int
     source_offset: int

@@ -14,8 +14,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contracts import ActionKind
 from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
 
 FEATURES_INPUT = "features"
@@ -75,6 +76,7 @@ class ModelMetadata(BaseModel):
     version: str
     created_at: datetime
     algorithm: str
+    action_kind: ActionKind = ActionKind.DISCRETE
     algorithm_config: dict[str, Any] = Field(default_factory=dict)
     onnx_file: str = "model.onnx"
     onnx_sha256: str
@@ -91,3 +93,16 @@ class ModelMetadata(BaseModel):
     data_range: DataRange = Field(default_factory=DataRange)
     training_metrics: dict[str, float] = Field(default_factory=dict)
     code_version: str = "unknown"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_of_older_metadata(cls, data: Any) -> Any:
+        """Metadata written before `action_kind` existed: the kind follows from the graph's names."""
+        if isinstance(data, dict) and "action_kind" not in data:
+            outputs = data.get("output_names") or []
+            inputs = data.get("input_names") or []
+            if ACTION_MEAN_OUTPUT in outputs:
+                data = {**data, "action_kind": ActionKind.CONTINUOUS}
+            elif ACTION_FEATURES_INPUT in inputs:
+                data = {**data, "action_kind": ActionKind.PARAMETRIC}
+        return data
