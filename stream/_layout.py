@@ -4,6 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+
+from contracts.actions import (
+    ACTION_FEATURES_COLUMN,
+    ACTION_LOG_DENSITY_COLUMN,
+    ACTION_VECTOR_COLUMN,
+    POSSIBLE_ACTION_FEATURES_COLUMN,
+    POSSIBLE_NEXT_ACTION_FEATURES_COLUMN,
+)
+
+_FEATURE_MAP = pa.map_(pa.string(), pa.float64())
+
+# Columns added with action kinds, and their Arrow types: partitions written before them lack them.
+ACTION_KIND_COLUMNS: dict[str, pa.DataType] = {
+    "action_kind": pa.string(),
+    ACTION_FEATURES_COLUMN: _FEATURE_MAP,
+    POSSIBLE_ACTION_FEATURES_COLUMN: pa.list_(_FEATURE_MAP),
+    POSSIBLE_NEXT_ACTION_FEATURES_COLUMN: pa.list_(_FEATURE_MAP),
+    ACTION_VECTOR_COLUMN: pa.list_(pa.float64()),
+    ACTION_LOG_DENSITY_COLUMN: pa.float64(),
+}
+
 TIMELINE_COLUMNS = [
     "mdp_id",
     "request_id",
@@ -26,6 +48,7 @@ TIMELINE_COLUMNS = [
     "time_since_first",
     "not_terminal",
     "model_version",
+    *ACTION_KIND_COLUMNS,
 ]
 
 

@@ -2,7 +2,10 @@
 
 Every record is validated on its own with the pydantic models in `contracts.events`, so a bad
 record never affects a good one; a bad one becomes a row of kind "dead" carrying a condensed reason
-and the original payload.
+and the original payload. A decision of any action kind becomes one row: `action_kind` says which
+of the kind columns (`contracts.actions.KIND_COLUMNS`) it fills, `_KIND_PARSERS` fills them, and
+the columns of other kinds stay null (so `action` and `action_probability` are null for continuous
+decisions).
 """
 
 from __future__ import annotations
@@ -26,12 +29,20 @@ from pyspark.sql.types import (
 )
 
 from contracts import DecisionEvent, RewardEvent
+from contracts.actions import (
+    ACTION_FEATURES_COLUMN,
+    ACTION_LOG_DENSITY_COLUMN,
+    ACTION_VECTOR_COLUMN,
+    POSSIBLE_ACTION_FEATURES_COLUMN,
+    ActionKind,
+)
 
 KIND_DECISION = "decision"
 KIND_REWARD = "reward"
 KIND_DEAD = "dead"
 
 _FEATURE_MAP = MapType(StringType(), DoubleType(), valueContainsNull=False)
+_FEATURE_MAP_LIST = ArrayType(_FEATURE_MAP, containsNull=False)
 
 PARSED_SCHEMA = StructType(
     [
@@ -49,8 +60,13 @@ PARSED_SCHEMA = StructType(
         StructField("ds", StringType(), True),
         StructField("state_features", _FEATURE_MAP, True),
         StructField("possible_actions", ArrayType(StringType(), containsNull=False), True),
+        StructField("action_kind", StringType(), True),
         StructField("action", StringType(), True),
         StructField("action_probability", DoubleType(), True),
+        StructField(ACTION_FEATURES_COLUMN, _FEATURE_MAP, True),
+        StructField(POSSIBLE_ACTION_FEATURES_COLUMN, _FEATURE_MAP_LIST, True),
+        StructField(ACTION_VECTOR_COLUMN, ArrayType(DoubleType(), containsNull=False), True),
+        StructField(ACTION_LOG_DENSITY_COLUMN, DoubleType(), True),
         StructField("model_version", StringType(), True),
         StructField("reward", DoubleType(), True),
         StructField("metrics", _FEATURE_MAP, True),
@@ -67,6 +83,39 @@ def condense_validation_error(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "<record>"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
+
+
+def _present(features: dict[str, float | None]) -> list[tuple[str, float]]:
+    """A feature map as Arrow map items, missing (None) values dropped: absent keys mean missing."""
+    return [(name, value) for name, value in features.items() if value is not None]
+
+
+def _chosen_columns(event: DecisionEvent) -> dict[str, Any]:
+    return {"action": event.action, "action_probability": event.action_probability}
+
+
+def _parametric_columns(event: DecisionEvent) -> dict[str, Any]:
+    candidates = [_present(features) for features in event.candidate_features or []]
+    return {
+        **_chosen_columns(event),
+        ACTION_FEATURES_COLUMN: candidates[event.possible_actions.index(event.action)],
+        POSSIBLE_ACTION_FEATURES_COLUMN: candidates,
+    }
+
+
+def _continuous_columns(event: DecisionEvent) -> dict[str, Any]:
+    return {
+        ACTION_VECTOR_COLUMN: list(event.action_vector or []),
+        ACTION_LOG_DENSITY_COLUMN: event.action_log_density,
+    }
+
+
+# The kind columns each action kind fills from a validated event (`DecisionEvent` checked the fields).
+_KIND_PARSERS: dict[ActionKind, Callable[[DecisionEvent], dict[str, Any]]] = {
+    ActionKind.DISCRETE: _chosen_columns,
+    ActionKind.PARAMETRIC: _parametric_columns,
+    ActionKind.CONTINUOUS: _continuous_columns,
+}
 
 
 def parse_record(topic: str, value: bytes | None, decisions_topic: str, rewards_topic: str) -> dict[str, Any]:
@@ -95,11 +144,11 @@ def parse_record(topic: str, value: bytes | None, decisions_topic: str, rewards_
             "sequence_number": event.sequence_number,
             "timestamp": event.timestamp,
             "ds": event.timestamp.strftime("%Y-%m-%d"),
-            "state_features": [(k, v) for k, v in event.context_features.items() if v is not None],
+            "state_features": _present(event.context_features),
             "possible_actions": list(event.possible_actions),
-            "action": event.action,
-            "action_probability": event.action_probability,
+            "action_kind": event.action_kind.value,
             "model_version": event.model_version,
+            **_KIND_PARSERS[event.action_kind](event),
         }
     return {
         "kind": KIND_REWARD,

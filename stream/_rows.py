@@ -7,7 +7,9 @@ them apart), so one batch is a few Spark jobs: two grouped Arrow passes and the 
   decision, tags the rest, and expires rewards whose decision never came.
 - `close_mdps` runs per mdp_id: once the MDP has been idle long enough, emits its timeline rows
   (lead over sequence number, last step terminal) and a "closed" marker; otherwise returns it to
-  state.
+  state. The next-step columns of a row come from the following step: the common ones for every
+  kind, plus those of its action kind (`_NEXT_STEP_COLUMNS`, empty on the terminal row). An MDP
+  whose decisions mix action kinds is dead-lettered whole, each decision with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ import pyarrow as pa
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import BooleanType, LongType, StructField, StructType
 
+from contracts.actions import (
+    POSSIBLE_ACTION_FEATURES_COLUMN,
+    POSSIBLE_NEXT_ACTION_FEATURES_COLUMN,
+    ActionKind,
+)
 from stream._parse import (
     _FEATURE_MAP,
     KIND_DEAD,
@@ -42,6 +49,7 @@ _EXTRA = [
     ("next_state_features", _FEATURE_MAP),
     ("next_action", PARSED_SCHEMA["action"].dataType),
     ("possible_next_actions", PARSED_SCHEMA["possible_actions"].dataType),
+    (POSSIBLE_NEXT_ACTION_FEATURES_COLUMN, PARSED_SCHEMA[POSSIBLE_ACTION_FEATURES_COLUMN].dataType),
     ("time_diff", LongType()),
     ("time_since_first", LongType()),
     ("not_terminal", BooleanType()),
@@ -52,6 +60,18 @@ ROW_SCHEMA = StructType(
 )
 ARROW_ROW_SCHEMA = to_arrow_schema(ROW_SCHEMA, timezone="UTC")
 _NAMES = ARROW_ROW_SCHEMA.names
+
+# Per action kind, (row column, column of the following step) pairs beyond the common next-step ones.
+_NEXT_STEP_COLUMNS: dict[ActionKind, tuple[tuple[str, str], ...]] = {
+    ActionKind.DISCRETE: (),
+    ActionKind.PARAMETRIC: ((POSSIBLE_NEXT_ACTION_FEATURES_COLUMN, POSSIBLE_ACTION_FEATURES_COLUMN),),
+    ActionKind.CONTINUOUS: (),
+}
+
+
+def _action_kind(row: dict[str, Any]) -> ActionKind:
+    """The decision's kind; state snapshots written before action kinds existed hold discrete ones."""
+    return ActionKind(row["action_kind"]) if row["action_kind"] else ActionKind.DISCRETE
 
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -144,10 +164,13 @@ def _timeline_rows(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for i, step in enumerate(steps):
         nxt = steps[i + 1] if i + 1 < len(steps) else None
+        kind = _action_kind(step)
         rows.append(
             {
                 **step,
+                **{column: nxt[source] if nxt else [] for column, source in _NEXT_STEP_COLUMNS[kind]},
                 "kind": KIND_TIMELINE,
+                "action_kind": kind.value,
                 "sequence_number_ordinal": i + 1,
                 "reward": step["reward"] or 0.0,
                 "reward_observed": (step["n_rewards"] or 0) > 0,
@@ -179,8 +202,16 @@ def make_close_mdps(
             return kept + [_clear(r, "reason") for r in rewards]
         steps = sorted(unique.values(), key=lambda d: d["sequence_number"])
         out = [{**r, "kind": KIND_DEAD} for r in rewards if r["reason"]]
-        out.append({"kind": KIND_CLOSED, "mdp_id": steps[0]["mdp_id"], "closed_clock_ms": clock_ms})
-        if max_mdp_length is None or len(steps) <= max_mdp_length:
+        mdp_id = steps[0]["mdp_id"]
+        out.append({"kind": KIND_CLOSED, "mdp_id": mdp_id, "closed_clock_ms": clock_ms})
+        kinds = sorted({_action_kind(step).value for step in steps})
+        if len(kinds) > 1:
+            reason = (
+                f"mixed action kinds: mdp {mdp_id!r} has {' and '.join(kinds)} decisions; "
+                "log every decision of one MDP with the same action_kind"
+            )
+            out.extend({**step, "kind": KIND_DEAD, "reason": reason} for step in steps)
+        elif max_mdp_length is None or len(steps) <= max_mdp_length:
             out.extend(_timeline_rows(steps))
         return out
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -11,12 +13,36 @@ import pyarrow.dataset as pads
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from contracts import StreamrlError
-from stream._layout import TIMELINE_COLUMNS, timelines_path
+from contracts.actions import (
+    ACTION_FEATURES_COLUMN,
+    ACTION_VECTOR_COLUMN,
+    POSSIBLE_ACTION_FEATURES_COLUMN,
+    POSSIBLE_NEXT_ACTION_FEATURES_COLUMN,
+    ActionKind,
+)
+from stream._layout import ACTION_KIND_COLUMNS, TIMELINE_COLUMNS, timelines_path
 
 _MAP_COLUMNS = ("state_features", "metrics", "next_state_features")
 _LIST_COLUMNS = ("possible_actions", "possible_next_actions")
 _LISTING_ATTEMPTS = 5  # a replayed batch is swapped in by one rename: one retry is normally enough
 _PARTITIONING = pads.partitioning(pa.schema([("ds", pa.string()), ("batch_id", pa.int64())]), flavor="hive")
+
+
+def _feature_maps(items: Iterable[Iterable[tuple[str, float]]]) -> list[dict[str, float]]:
+    return [dict(features) for features in items]
+
+
+def _floats(items: Iterable[float]) -> list[float]:
+    return [float(x) for x in items]
+
+
+# Kind columns (`contracts.actions.KIND_COLUMNS`) in their pandas shape; None on rows of other kinds.
+_KIND_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    ACTION_FEATURES_COLUMN: dict,
+    POSSIBLE_ACTION_FEATURES_COLUMN: _feature_maps,
+    POSSIBLE_NEXT_ACTION_FEATURES_COLUMN: _feature_maps,
+    ACTION_VECTOR_COLUMN: _floats,
+}
 
 
 class TimelineReadError(StreamrlError):
@@ -50,7 +76,9 @@ def load_timelines(
     """Timeline rows with decision time in [start, end), ordered by mdp_id and sequence_number.
 
     Maps come back as `dict[str, float]` and lists as `list[str]`; an empty frame with the right
-    columns when nothing has been written yet.
+    columns when nothing has been written yet. The action-kind columns are None (NaN for
+    `action_log_density`) on rows of other kinds; rows written before action kinds existed read
+    as `action_kind` "discrete" with those columns None.
     """
     start = _utc(start, "start") if start is not None else None
     end = _utc(end, "end") if end is not None else None
@@ -67,6 +95,9 @@ def load_timelines(
         frame[name] = [dict(items) if items is not None else {} for items in frame[name]]
     for name in _LIST_COLUMNS:
         frame[name] = [list(items) if items is not None else [] for items in frame[name]]
+    for name, convert in _KIND_CONVERTERS.items():
+        frame[name] = [convert(value) if value is not None else None for value in frame[name]]
+    frame["action_kind"] = frame["action_kind"].fillna(ActionKind.DISCRETE.value).astype(str)
     frame["next_action"] = frame["next_action"].astype(object).where(frame["next_action"].notna(), None)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     for name in ("sequence_number", "sequence_number_ordinal", "time_diff", "time_since_first"):
@@ -92,7 +123,9 @@ def _read_committed(root: Path, start: datetime | None, end: datetime | None) ->
     files = sorted(str(f) for f in root.glob("ds=*/batch_id=*/*.parquet"))
     if not files:
         return None
-    dataset = pads.dataset(files, format="parquet", partitioning=_PARTITIONING, partition_base_dir=str(root))
+    options = {"format": "parquet", "partitioning": _PARTITIONING, "partition_base_dir": str(root)}
+    inferred = pads.dataset(files, **options).schema  # from one file: maybe older than action kinds
+    dataset = pads.dataset(files, schema=_with_action_kind_columns(inferred), **options)
     condition = None
     stored = dataset.schema.field("timestamp").type
     if start is not None:
@@ -105,3 +138,16 @@ def _read_committed(root: Path, start: datetime | None, end: datetime | None) ->
         )
         condition = upper if condition is None else condition & upper
     return dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)
+
+
+def _with_action_kind_columns(schema: pa.Schema) -> pa.Schema:
+    """The dataset schema (inferred from one file) with every action-kind column in its known type.
+
+    Partitions written before action kinds lack those columns: declaring them makes Arrow fill
+    them with nulls there, and read them from newer files whichever file the schema came from.
+    """
+    for name, data_type in ACTION_KIND_COLUMNS.items():
+        index = schema.get_field_index(name)
+        field = pa.field(name, data_type)
+        schema = schema.append(field) if index < 0 else schema.set(index, field)
+    return schema

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contracts import DecisionEvent, RewardEvent, Topics
+from contracts.actions import ActionKind
 from stream import EventLogError, EventLogger, InvalidEventError, ensure_topics
 from stream.logger import EventKind
 from tests.helpers import consume_all, free_port
@@ -86,6 +87,35 @@ def test_invalid_events_raise_before_anything_is_sent(local_stack, topics: Topic
         logger.flush(timeout_s=5)  # nothing pending, nothing failed
     assert consume_all(local_stack.bootstrap_servers, topics.decisions) == []
     assert consume_all(local_stack.bootstrap_servers, topics.rewards) == []
+
+
+def test_every_action_kind_is_logged_and_checked_against_its_kind(local_stack, topics: Topics) -> None:
+    common = ("request_id", "entity_id", "mdp_id", "sequence_number", "timestamp", "context_features")
+    base = {**{name: getattr(_decision(1), name) for name in common}, "model_version": "v2"}
+    parametric = DecisionEvent(
+        **{**base, "possible_actions": ["i1", "i2"]},
+        action_kind=ActionKind.PARAMETRIC,
+        action="i1",
+        action_probability=0.25,
+        candidate_features=[{"price": 2.0}, {"price": 4.0, "size": None}],
+    )
+    continuous = DecisionEvent(
+        **{**base, "request_id": "req-2", "possible_actions": ["steer"]},
+        action_kind=ActionKind.CONTINUOUS,
+        action_vector=[0.5],
+        action_log_density=-0.3,
+    )
+    no_vector = DecisionEvent.model_construct(**{**continuous.model_dump(), "action_vector": None})
+    with EventLogger(local_stack.bootstrap_servers, topics) as logger:
+        logger.log_decision(parametric)
+        logger.log_decision_sync(continuous)
+        with pytest.raises(InvalidEventError, match="continuous decisions need action_vector"):
+            logger.log_decision(no_vector)
+    got = [
+        DecisionEvent.model_validate_json(r.value)
+        for r in consume_all(local_stack.bootstrap_servers, topics.decisions)
+    ]
+    assert sorted(got, key=lambda e: e.request_id) == [parametric, continuous]
 
 
 def test_publish_raw_sends_exact_bytes(local_stack, topics: Topics) -> None:

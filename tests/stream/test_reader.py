@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from stream import load_timelines
@@ -15,10 +16,13 @@ from stream._layout import timelines_path
 from stream.reader import TimelineReadError
 
 
-def _write_with_spark(spark, output_dir, stamps: list[datetime]) -> None:
+def _write_with_spark(
+    spark, output_dir, stamps: list[datetime], *, prefix: str = "m", added: dict[str, str] | None = None
+) -> None:
+    """Rows in the columns written before action kinds, plus `added` columns as Spark SQL expressions."""
     rows = [
         (
-            f"m{i}",
+            f"{prefix}{i}",
             f"r{i}",
             "e",
             0,
@@ -52,6 +56,10 @@ def _write_with_spark(spark, output_dir, stamps: list[datetime]) -> None:
         "model_version string, ds string, batch_id long"
     )
     frame = spark.createDataFrame(rows, schema)
+    if added:
+        from pyspark.sql import functions as F
+
+        frame = frame.withColumns({name: F.expr(sql) for name, sql in added.items()})
     frame.write.partitionBy("ds", "batch_id").mode("append").parquet(str(timelines_path(output_dir)))
 
 
@@ -69,6 +77,49 @@ def test_start_and_end_filter_spark_written_files(spark, tmp_path) -> None:
     assert sorted(before["request_id"]) == ["r0", "r1", "r2"]
     assert after["state_features"].iloc[0] == {"x": 3.0}
     assert before["next_action"].isna().all()
+
+
+def test_partitions_from_before_action_kinds_load_beside_newer_ones(spark, tmp_path) -> None:
+    """Old partitions lack the action-kind columns: they read as discrete with those columns None,
+    and newer partitions keep their values whether an old or a new file is listed first."""
+    maps = "array<map<string,double>>"
+    parametric = {
+        "action_kind": "'parametric'",
+        "action_features": "map('price', 2.0D)",
+        "possible_action_features": "array(map('price', 2.0D), map('price', 3.5D, 'size', 1.0D))",
+        "possible_next_action_features": f"cast(array() as {maps})",
+        "action_vector": "cast(null as array<double>)",
+        "action_log_density": "cast(null as double)",
+    }
+    continuous = {
+        "action_kind": "'continuous'",
+        "action_features": "cast(null as map<string,double>)",
+        "possible_action_features": f"cast(null as {maps})",
+        "possible_next_action_features": f"cast(null as {maps})",
+        "action_vector": "array(0.5D, -1.0D)",
+        "action_log_density": "-0.75D",
+    }
+    day = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    new_first, old_first = tmp_path / "new_first", tmp_path / "old_first"
+    _write_with_spark(spark, new_first, [day - timedelta(days=1)], prefix="p", added=parametric)
+    _write_with_spark(spark, old_first, [day + timedelta(days=1)], prefix="c", added=continuous)
+    for output_dir in (new_first, old_first):
+        _write_with_spark(spark, output_dir, [day], prefix="old")
+
+    frame = load_timelines(new_first)
+    assert list(frame["mdp_id"]) == ["old0", "p0"]
+    assert list(frame["action_kind"]) == ["discrete", "parametric"]
+    assert list(frame["action_features"]) == [None, {"price": 2.0}]
+    assert list(frame["possible_action_features"]) == [None, [{"price": 2.0}, {"price": 3.5, "size": 1.0}]]
+    assert list(frame["possible_next_action_features"]) == [None, []]
+    assert frame["action_vector"].isna().all() and frame["action_log_density"].isna().all()
+
+    frame = load_timelines(old_first)
+    assert list(frame["mdp_id"]) == ["c0", "old0"]
+    assert list(frame["action_kind"]) == ["continuous", "discrete"]
+    assert list(frame["action_vector"]) == [[0.5, -1.0], None]
+    assert frame["action_log_density"].iloc[0] == -0.75 and np.isnan(frame["action_log_density"].iloc[1])
+    assert frame["action_features"].isna().all() and frame["possible_next_action_features"].isna().all()
 
 
 def test_naive_bounds_are_refused(tmp_path) -> None:

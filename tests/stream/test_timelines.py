@@ -165,9 +165,9 @@ def test_timelines_attribute_rewards_and_dead_letter_invalid_events(local_stack,
 
     assert one("Invalid JSON")["payload"] == "{not json"
     one("mdp_id: Field required")
-    one("action_probability: Value error, action_probability must be in (0, 1], got 1.5")
+    one("<record>: Value error, action_probability must be in (0, 1], got 1.5")
     one("not among possible_actions")
-    one("schema_version: Input should be 1")
+    one("schema_version: Input should be 1 or 2")
     one("surprise: Extra inputs are not permitted")
     assert one("reward: Input should be a valid number")["source_topic"] == topics.rewards
     late_reward = one("after its decision's attribution window")
