@@ -1,87 +1,70 @@
-"""A registered model as a policy: onnxruntime Q-values plus the one served action distribution.
+"""A registered model as a served policy: one class per action kind, chosen by one table.
 
-Evaluation and serving both go through this class, so the propensities CPE scores are the
-ones serving samples from.
+`load_policy(path, metadata)` opens the class `POLICY_TYPES[metadata.action_kind]` names. Serving
+calls its `decide` / `act` and logs the propensity or log density it returns; evaluation calls
+`probabilities` / `log_density` of the same class, so CPE scores exactly what serving samples.
+Every class checks at load that the graph has its kind's inputs and outputs (`trainer.artifact`)
+and has a `probe()` that serving runs before it swaps a model in. `OnnxPolicy` is the discrete
+class under its older name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import onnxruntime as ort
+from contracts import ActionKind
+from trainer.artifact import ModelMetadata
+from trainer.policies._common import PROPENSITY_FLOOR, PolicyOutputError, PolicySignatureError
+from trainer.policies.continuous import ContinuousPolicy, sample_tanh_gaussian, tanh_gaussian_log_density
+from trainer.policies.discrete import SERVED_DISTRIBUTIONS, DiscretePolicy
+from trainer.policies.parametric import ParametricPolicy
+from trainer.policies.thompson import thompson_probabilities
 
-from features import build_feature_matrix
-from trainer.artifact import FEATURES_INPUT, MASK_INPUT, Q_OUTPUT, ModelMetadata
-from trainer.data import build_possible_mask, feature_maps
-from trainer.errors import PolicyInputError
-from trainer.policy import action_distribution
-from trainer.registry import ModelRegistry
+if TYPE_CHECKING:
+    from trainer.registry import ModelRegistry
+
+ServedPolicy = DiscretePolicy | ParametricPolicy | ContinuousPolicy
+
+#: The one table from action kind to served-policy class (adding a kind = one line here).
+POLICY_TYPES: dict[ActionKind, type[DiscretePolicy] | type[ParametricPolicy] | type[ContinuousPolicy]] = {
+    ActionKind.DISCRETE: DiscretePolicy,
+    ActionKind.PARAMETRIC: ParametricPolicy,
+    ActionKind.CONTINUOUS: ContinuousPolicy,
+}
+
+OnnxPolicy = DiscretePolicy
 
 
-class OnnxPolicy:
-    """An onnxruntime session over one model file, with its metadata."""
+def load_policy(path: Path | str, metadata: ModelMetadata, intra_op_threads: int = 1) -> ServedPolicy:
+    """The served policy of `metadata.action_kind` over the ONNX file at `path`.
 
-    def __init__(self, path: Path | str, metadata: ModelMetadata, intra_op_threads: int = 1):
-        self.path = Path(path)
-        self.metadata = metadata
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+    Raises `PolicySignatureError` when the graph lacks the kind's inputs or outputs (or, for
+    continuous models, the metadata lacks valid action bounds; for parametric, action feature names).
+    """
+    return POLICY_TYPES[metadata.action_kind](path, metadata, intra_op_threads=intra_op_threads)
 
-    @classmethod
-    def load(cls, registry: ModelRegistry, version: str, intra_op_threads: int = 1) -> OnnxPolicy:
-        """Load a registered version after the registry's sha256 and load checks."""
-        path, metadata = registry.get(version)
-        return cls(path, metadata, intra_op_threads=intra_op_threads)
 
-    @property
-    def version(self) -> str:
-        return self.metadata.version
+def load_registered_policy(registry: ModelRegistry, version: str, intra_op_threads: int = 1) -> ServedPolicy:
+    """`load_policy` for a registered version, after the registry's sha256 and load checks."""
+    path, metadata = registry.get(version)
+    return load_policy(path, metadata, intra_op_threads=intra_op_threads)
 
-    def q_values(self, features_raw: np.ndarray, possible_mask: np.ndarray) -> np.ndarray:
-        """Q [B, A] float32 from raw features [B, F] (NaN = missing); impossible actions are -inf."""
-        features, mask = self._check(features_raw, possible_mask)
-        (q,) = self._session.run([Q_OUTPUT], {FEATURES_INPUT: features, MASK_INPUT: mask})
-        return q
 
-    def probabilities(self, features_raw: np.ndarray, possible_mask: np.ndarray) -> np.ndarray:
-        """The served distribution [B, A]: `action_distribution` with the model's exploration."""
-        q = self.q_values(features_raw, possible_mask)
-        return action_distribution(q, possible_mask, self.metadata.exploration)
-
-    def possible_mask(self, possible_actions: Iterable[Iterable[str]]) -> np.ndarray:
-        """float32 [B, A] mask in `metadata.actions` order; unknown action names are an error."""
-        mask, unknown = build_possible_mask(possible_actions, self.metadata.actions)
-        if unknown:
-            raise PolicyInputError(
-                f"possible actions {sorted(unknown)} are not actions of model {self.version} "
-                f"({self.metadata.actions}); rows {sorted({r for rs in unknown.values() for r in rs})[:10]}"
-            )
-        return mask
-
-    def features(self, maps: Sequence[Mapping[str, float | None]]) -> np.ndarray:
-        """float32 [B, F] in `metadata.feature_names` order; absent or None values become NaN."""
-        return np.asarray(
-            build_feature_matrix(feature_maps(maps), self.metadata.feature_names), dtype=np.float32
-        )
-
-    def _check(self, features_raw: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        features = np.asarray(features_raw, dtype=np.float32)
-        mask = np.asarray(mask, dtype=np.float32)
-        n_features, n_actions = len(self.metadata.feature_names), len(self.metadata.actions)
-        if features.ndim != 2 or features.shape[1] != n_features:
-            raise PolicyInputError(
-                f"features have shape {features.shape}; model {self.version} expects [batch, {n_features}] "
-                f"in order {self.metadata.feature_names[:8]}…"
-            )
-        if mask.shape != (features.shape[0], n_actions):
-            raise PolicyInputError(
-                f"possible_mask has shape {mask.shape}; model {self.version} expects "
-                f"[{features.shape[0]}, {n_actions}] for actions {self.metadata.actions}"
-            )
-        if features.shape[0] and not (mask > 0.5).any(axis=1).all():
-            raise PolicyInputError("every row of possible_mask needs at least one possible action")
-        return features, mask
+__all__ = [
+    "POLICY_TYPES",
+    "PROPENSITY_FLOOR",
+    "SERVED_DISTRIBUTIONS",
+    "ContinuousPolicy",
+    "DiscretePolicy",
+    "OnnxPolicy",
+    "ParametricPolicy",
+    "PolicyOutputError",
+    "PolicySignatureError",
+    "ServedPolicy",
+    "load_policy",
+    "load_registered_policy",
+    "sample_tanh_gaussian",
+    "tanh_gaussian_log_density",
+    "thompson_probabilities",
+]
