@@ -2,8 +2,9 @@
 
 Entry points: `run_training` (one run from its YAML `TrainRunConfig`, single process or
 under torchrun), `train_and_register` (train → export → register), `train_dqn`, `export_model`,
-`ModelRegistry` (register / get / deploy / rollback) and `OnnxPolicy` (what evaluation and
-serving run). The ONNX contract is in `trainer.artifact`; exploration in `trainer.policy`.
+`ModelRegistry` (register / get / deploy / rollback) and `load_policy` / `load_registered_policy`
+(the served policy of a model's action kind, `POLICY_TYPES`: what evaluation and serving run;
+`OnnxPolicy` is the discrete one). The ONNX contract is in `trainer.artifact`; exploration in `trainer.policy`.
 """
 
 from trainer.algorithms import TRAIN_FUNCTIONS, AlgorithmConfig, UnknownAlgorithmError, train_function
@@ -29,7 +30,18 @@ from trainer.errors import (
     TrainingDataError,
 )
 from trainer.export import check_parity, export_model
-from trainer.onnx_policy import OnnxPolicy
+from trainer.onnx_policy import (
+    POLICY_TYPES,
+    ContinuousPolicy,
+    DiscretePolicy,
+    OnnxPolicy,
+    ParametricPolicy,
+    PolicyOutputError,
+    PolicySignatureError,
+    ServedPolicy,
+    load_policy,
+    load_registered_policy,
+)
 from trainer.policy import (
     EpsilonGreedyExploration,
     ExplorationConfig,
@@ -44,11 +56,14 @@ from trainer.td3 import Td3Config, train_td3
 from trainer.workflow import ExportedModel, code_version, export_trained, run_training, train_and_register
 
 __all__ = [
+    "POLICY_TYPES",
+    "TRAIN_FUNCTIONS",
     "AlgorithmConfig",
     "CheckpointConfig",
     "CheckpointError",
     "ContinuousActor",
     "ContinuousOnnxPolicy",
+    "ContinuousPolicy",
     "ContinuousTrainingResult",
     "CorruptModelError",
     "CqlConfig",
@@ -56,6 +71,7 @@ __all__ = [
     "DeploymentEvent",
     "DeploymentKind",
     "DeploymentState",
+    "DiscretePolicy",
     "DistributedConfig",
     "DistributedContext",
     "DistributedError",
@@ -68,13 +84,16 @@ __all__ = [
     "ModelMetadata",
     "ModelRegistry",
     "OnnxPolicy",
+    "ParametricPolicy",
     "PolicyInputError",
+    "PolicyOutputError",
+    "PolicySignatureError",
     "QNetwork",
     "RegistryError",
     "RunConfigError",
     "SacConfig",
+    "ServedPolicy",
     "SoftmaxExploration",
-    "TRAIN_FUNCTIONS",
     "Td3Config",
     "TrainRunConfig",
     "TrainerError",
@@ -88,6 +107,8 @@ __all__ = [
     "export_continuous_policy",
     "export_model",
     "export_trained",
+    "load_policy",
+    "load_registered_policy",
     "load_run_config",
     "run_training",
     "sample_actions",

@@ -7,6 +7,9 @@ The ONNX contract every algorithm's export follows (discrete actions):
            `action_probabilities`   float32 [batch, n_actions]   softmax(q / temperature) over possible
 Normalization happens inside the graph, so callers pass raw features in
 `metadata.feature_names` order and actions in `metadata.actions` order.
+
+Every contract below is also one entry of `trainer.signatures.SERVING_SIGNATURES` (keyed by
+`ActionKind`), which the registry holds a model to before it deploys it (`check_signature`).
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Layout under `root`:
   models/<version>/model.onnx      the graph (written first)
   models/<version>/metadata.json   `ModelMetadata` (written last: a version without it is incomplete)
   deployed.json                    `DeploymentState`: current version + history, replaced atomically
-Serving watches `deployed.json`; evaluation moves it through `deploy` / `rollback`.
+Serving watches `deployed.json`; evaluation moves it through `deploy` / `rollback`. Before the
+pointer moves, the target's graph is held to its kind's serving signature
+(`trainer.signatures.check_signature`); a refused model leaves the pointer where it was.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any, Literal
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts import ActionKind
 from trainer.artifact import DataRange, ModelMetadata
 from trainer.errors import CorruptModelError, RegistryError
 from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
+from trainer.signatures import check_signature
 
 _VERSION_RE = re.compile(r"^m(\d{4,})-([0-9a-f]{8})$")
 _METADATA_FILE = "metadata.json"
@@ -85,6 +89,7 @@ class ModelRegistry:
         feature_names: list[str],
         actions: list[str],
         algorithm: str,
+        action_kind: ActionKind | None = None,
         algorithm_config: dict[str, Any] | None = None,
         exploration: ExplorationConfig | None = None,
         normalization_spec_version: str | None = None,
@@ -99,7 +104,9 @@ class ModelRegistry:
     ) -> ModelMetadata:
         """Store a model under a new version `mNNNN-<sha8>`; refuses a graph onnxruntime cannot load.
 
-        `input_names`/`output_names` default to the discrete contract (`trainer.artifact`).
+        `input_names`/`output_names` default to the discrete contract (`trainer.artifact`);
+        `action_kind` defaults to the kind those names imply (`ModelMetadata`). Registering checks
+        no serving signature: `deploy` does.
         """
         onnx_bytes = onnx if isinstance(onnx, bytes) else Path(onnx).read_bytes()
         sha256 = hashlib.sha256(onnx_bytes).hexdigest()
@@ -111,6 +118,7 @@ class ModelRegistry:
             created_at=datetime.now(UTC),
             algorithm=algorithm,
             algorithm_config=algorithm_config or {},
+            **({} if action_kind is None else {"action_kind": action_kind}),
             onnx_sha256=sha256,
             feature_names=feature_names,
             actions=actions,
@@ -190,6 +198,12 @@ class ModelRegistry:
             )
         return path, metadata
 
+    def verify_servable(self, version: str) -> tuple[Path, ModelMetadata]:
+        """`get`, then `check_signature`: what the deploy pointer requires of a version."""
+        path, metadata = self.get(version)
+        check_signature(metadata, path)
+        return path, metadata
+
     def deployed(self) -> str | None:
         """The currently deployed version, or None if nothing was ever deployed."""
         return self.deployment_state().current
@@ -209,8 +223,10 @@ class ModelRegistry:
             ) from exc
 
     def deploy(self, version: str, reason: str) -> DeploymentState:
-        """Point `deployed.json` at `version` after verifying it; a corrupt model leaves it unchanged."""
-        self.get(version)
+        """Point `deployed.json` at `version` after verifying it; a corrupt model (`CorruptModelError`)
+        or one that does not fit its kind's serving signature (`SignatureMismatchError`) leaves it unchanged.
+        """
+        self.verify_servable(version)
         with self._locked():
             state = self.deployment_state()
             event = DeploymentEvent(
@@ -223,7 +239,10 @@ class ModelRegistry:
             return self._write_state(DeploymentState(current=version, history=[*state.history, event]))
 
     def rollback(self, reason: str) -> str:
-        """Return to the version deployed before the current one; returns that version."""
+        """Return to the version deployed before the current one; returns that version.
+
+        That version is verified like a deploy; if it no longer passes, nothing moves.
+        """
         with self._locked():
             state = self.deployment_state()
             stack = state.deploy_stack()
@@ -233,7 +252,7 @@ class ModelRegistry:
                     "deploy a known-good version explicitly instead"
                 )
             target = stack[-2]
-            self.get(target)
+            self.verify_servable(target)
             event = DeploymentEvent(
                 kind=DeploymentKind.ROLLBACK,
                 version=target,

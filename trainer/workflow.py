@@ -5,44 +5,29 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
 import pandas as pd
 
 from features import (
     NormalizationSpec,
-    build_feature_matrix,
     fit_normalization,
     frame_from_feature_maps,
     load_spec,
     save_spec,
 )
 from stream import load_timelines
-from trainer.algorithms import AlgorithmConfig, train_function
-from trainer.artifact import (
-    ACTION_FEATURES_INPUT,
-    CANDIDATE_MASK_INPUT,
-    CONTINUOUS_OUTPUTS,
-    FEATURES_INPUT,
-    MASK_INPUT,
-    PROBS_OUTPUT,
-    Q_OUTPUT,
-    SCORES_OUTPUT,
-    ModelMetadata,
-)
-from trainer.bandits import BanditResult, export_bandit
-from trainer.continuous import ContinuousActor, ContinuousTrainingResult
-from trainer.continuous_export import export_continuous_policy, parity_features
-from trainer.data import build_possible_mask, feature_maps
+from trainer.algorithms import AlgorithmConfig, algorithm_kind, export_function, train_function
+from trainer.artifact import ModelMetadata
+from trainer.bandits import BanditResult
+from trainer.continuous import ContinuousTrainingResult
+from trainer.data import feature_maps
 from trainer.distributed import open_process_group
 from trainer.dqn import StepHook, TrainingResult
 from trainer.errors import TrainingDataError
-from trainer.export import export_model, parity_sample
-from trainer.parametric_dqn import ParametricTrainingResult, export_parametric_model
+from trainer.exporters import ExportedModel
+from trainer.parametric_dqn import ParametricTrainingResult
 from trainer.policy import ExplorationConfig
 from trainer.registry import ModelRegistry
 from trainer.run_config import TrainRunConfig
@@ -110,53 +95,21 @@ def _normalization_spec(config: TrainRunConfig, timelines: pd.DataFrame, *, writ
     return spec
 
 
-@dataclass(frozen=True)
-class ExportedModel:
-    """An exported graph and the ONNX contract it follows (see `trainer.artifact`)."""
-
-    onnx_bytes: bytes
-    input_names: list[str]
-    output_names: list[str]
-
-
 def export_trained(
-    result: TrainingResult | ContinuousTrainingResult | BanditResult,
+    result: TrainingResult | ContinuousTrainingResult | BanditResult | ParametricTrainingResult,
     timelines: pd.DataFrame,
     config: AlgorithmConfig,
 ) -> ExportedModel:
-    """The one export dispatch for every algorithm in `trainer.algorithms.TRAIN_FUNCTIONS`.
+    """The one export dispatch for every algorithm: `trainer.algorithms.EXPORT_FUNCTIONS[config.type]`.
 
-    Q-networks (dqn, cql) get the discrete contract, bandits the discrete contract plus their extra
-    outputs, actors (sac, td3) the continuous one; all are parity-checked against PyTorch on real
-    training rows plus a synthetic batch with NaNs.
+    Each exporter follows its kind's ONNX contract (`trainer.signatures.SERVING_SIGNATURES`) and is
+    parity-checked against PyTorch on real training rows plus a synthetic batch with NaNs.
     """
-    if isinstance(result, ParametricTrainingResult):
-        onnx_bytes = export_parametric_model(result.network, seed=config.seed)
-        return ExportedModel(
-            onnx_bytes, [FEATURES_INPUT, ACTION_FEATURES_INPUT, CANDIDATE_MASK_INPUT], [SCORES_OUTPUT]
-        )
-    if isinstance(result, BanditResult):
-        features, mask = _parity_rows(
-            timelines, result.feature_names, result.actions, seed=0, synthetic=False
-        )
-        onnx_bytes = export_bandit(result.network, config.softmax_temperature, features, mask)
-        return ExportedModel(onnx_bytes, *_graph_names(onnx_bytes))
-    if isinstance(result.network, ContinuousActor):
-        features = np.concatenate(
-            [
-                _real_features(timelines, result.feature_names),
-                parity_features(len(result.feature_names), seed=config.seed),
-            ]
-        )
-        onnx_bytes = export_continuous_policy(result.network, features)
-        return ExportedModel(onnx_bytes, [FEATURES_INPUT], list(CONTINUOUS_OUTPUTS))
-    features, mask = _parity_rows(timelines, result.feature_names, result.actions, config.seed)
-    onnx_bytes = export_model(result.network, config.softmax_temperature, features, mask)
-    return ExportedModel(onnx_bytes, [FEATURES_INPUT, MASK_INPUT], [Q_OUTPUT, PROBS_OUTPUT])
+    return export_function(config.type)(result, timelines, config)
 
 
 def _export_and_register(
-    result: TrainingResult | ContinuousTrainingResult,
+    result: TrainingResult | ContinuousTrainingResult | BanditResult | ParametricTrainingResult,
     timelines: pd.DataFrame,
     spec: NormalizationSpec,
     config: AlgorithmConfig,
@@ -171,6 +124,7 @@ def _export_and_register(
         feature_names=result.feature_names,
         actions=result.actions,
         algorithm=config.type,
+        action_kind=algorithm_kind(config.type),
         algorithm_config=config.model_dump(mode="json"),
         exploration=exploration,
         normalization_spec_version=spec.version,
@@ -178,10 +132,8 @@ def _export_and_register(
         data_range=result.data_range,
         training_metrics=result.metrics,
         code_version=code_version(),
-        action_feature_names=getattr(result, "action_feature_names", None),
-        action_normalization_spec_sha256=(
-            result.action_spec.content_sha256 if isinstance(result, ParametricTrainingResult) else None
-        ),
+        action_feature_names=exported.action_feature_names,
+        action_normalization_spec_sha256=exported.action_normalization_spec_sha256,
     )
 
 
@@ -210,32 +162,3 @@ def code_version() -> str:
             return f"streamrl=={importlib_metadata.version('streamrl')}"
         except importlib_metadata.PackageNotFoundError:
             return "unknown"
-
-
-def _parity_rows(
-    timelines: pd.DataFrame,
-    feature_names: list[str],
-    actions: list[str],
-    seed: int,
-    rows: int = 64,
-    *,
-    synthetic: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `rows` real training rows plus (if `synthetic`) a batch with NaNs and masked actions."""
-    head = timelines.head(rows)
-    real_features = _real_features(head, feature_names)
-    real_mask, _ = build_possible_mask(head["possible_actions"], actions)
-    if not synthetic:
-        return real_features, real_mask
-    synthetic_features, synthetic_mask = parity_sample(len(feature_names), len(actions), seed=seed)
-    return np.concatenate([real_features, synthetic_features]), np.concatenate([real_mask, synthetic_mask])
-
-
-def _graph_names(onnx_bytes: bytes) -> tuple[list[str], list[str]]:
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    return [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
-
-
-def _real_features(timelines: pd.DataFrame, feature_names: list[str], rows: int = 64) -> np.ndarray:
-    head = timelines.head(rows)
-    return np.asarray(build_feature_matrix(feature_maps(head["state_features"]), feature_names), np.float32)

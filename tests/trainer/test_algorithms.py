@@ -1,5 +1,6 @@
 """Every algorithm in `TRAIN_FUNCTIONS`: train on tiny data, export + register through the one dispatch,
-then compare the registered ONNX graph with PyTorch on fresh inputs (STYLE.md: one shared test)."""
+compare the registered ONNX graph with PyTorch on fresh inputs (STYLE.md: one shared test), and deploy
+it past its kind's serving-signature check."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from parametric_timelines import toy_timelines
 from pydantic import TypeAdapter
 from trainer_timelines import BANDIT_ACTIONS, fit_spec, make_bandit_timelines
 
+from contracts import ActionKind
 from features import fit_normalization, frame_from_feature_maps
 from trainer import (
     TRAIN_FUNCTIONS,
@@ -24,6 +26,13 @@ from trainer import (
     ModelRegistry,
     train_and_register,
     train_function,
+)
+from trainer.algorithms import (
+    ALGORITHM_KINDS,
+    EXPORT_FUNCTIONS,
+    UnknownAlgorithmError,
+    algorithm_kind,
+    export_function,
 )
 from trainer.artifact import EXPLORATION_WIDTH_OUTPUT, REWARD_MEAN_OUTPUT
 from trainer.bandits import LinearBandit
@@ -50,23 +59,35 @@ def _parametric():
     return timelines, fit_normalization(frame_from_feature_maps(timelines["state_features"].tolist())), None
 
 
-# One tiny case per algorithm type: (config fields, data builder). A new algorithm adds a line here.
+# One tiny case per algorithm type: (config fields, data builder, the kind of action it serves).
+# A new algorithm adds a line here.
 CASES = {
-    "dqn": ({"n_step": 2, **TINY}, _discrete),
-    "cql": ({"cql_alpha": 0.5, **TINY}, _discrete),
-    "linucb": ({}, _discrete),
-    "linear_thompson": ({}, _discrete),
-    "neural_bandit": (TINY, _discrete),
-    "sac": (CONTINUOUS, _continuous),
-    "td3": (CONTINUOUS, _continuous),
-    "parametric_dqn": (TINY, _parametric),
+    "dqn": ({"n_step": 2, **TINY}, _discrete, "discrete"),
+    "cql": ({"cql_alpha": 0.5, **TINY}, _discrete, "discrete"),
+    "linucb": ({}, _discrete, "discrete"),
+    "linear_thompson": ({}, _discrete, "discrete"),
+    "neural_bandit": (TINY, _discrete, "discrete"),
+    "sac": (CONTINUOUS, _continuous, "continuous"),
+    "td3": (CONTINUOUS, _continuous, "continuous"),
+    "parametric_dqn": (TINY, _parametric, "parametric"),
 }
+
+
+def test_every_algorithm_has_one_line_in_each_table() -> None:
+    assert set(ALGORITHM_KINDS) == set(EXPORT_FUNCTIONS) == set(TRAIN_FUNCTIONS) == set(CASES)
+    for algorithm_type, (_, _, kind) in CASES.items():
+        assert algorithm_kind(algorithm_type) == ActionKind(kind)
+        assert callable(export_function(algorithm_type))  # the "module:function" target imports
+    with pytest.raises(UnknownAlgorithmError, match=r"'ppo' has no exporter; known: \['cql', 'dqn'"):
+        export_function("ppo")
+    with pytest.raises(UnknownAlgorithmError, match="'ppo' has no action kind"):
+        algorithm_kind("ppo")
 
 
 @pytest.mark.parametrize("algorithm_type", sorted(TRAIN_FUNCTIONS))
 def test_every_algorithm_exports_onnx_that_matches_pytorch(algorithm_type: str, tmp_path: Path) -> None:
     assert algorithm_type in CASES, f"add a tiny case for {algorithm_type!r} to CASES in this test"
-    fields, build = CASES[algorithm_type]
+    fields, build, kind = CASES[algorithm_type]
     config = TypeAdapter(AlgorithmConfig).validate_python({"type": algorithm_type, **fields})
     timelines, spec, actions = build()
     registry = ModelRegistry(tmp_path / "registry")
@@ -76,11 +97,14 @@ def test_every_algorithm_exports_onnx_that_matches_pytorch(algorithm_type: str, 
     )
 
     path, metadata = registry.get(metadata.version)  # verifies hash and the graph's input/output names
-    assert metadata.algorithm == algorithm_type
+    assert metadata.algorithm == algorithm_type and metadata.action_kind == ActionKind(kind)
+    assert (path.parent / "metadata.json").read_text().count(f'"action_kind": "{kind}"') == 1
     assert TypeAdapter(AlgorithmConfig).validate_python(metadata.algorithm_config) == config
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     network = _retrain_for_reference(algorithm_type, config, timelines, spec, actions, tmp_path)
     if isinstance(network, ContinuousActor):
+        bounds = (metadata.algorithm_config["action_low"], metadata.algorithm_config["action_high"])
+        assert bounds == (ACTION_LOW, ACTION_HIGH) and metadata.actions == ["a"]
         features = parity_features(len(spec.feature_names), seed=123)
         with torch.no_grad():
             ours = network(torch.as_tensor(features))
@@ -114,6 +138,9 @@ def test_every_algorithm_exports_onnx_that_matches_pytorch(algorithm_type: str, 
         assert np.array_equal(np.isneginf(torch_out), np.isneginf(onnx_out))
         finite = np.isfinite(torch_out)
         assert finite.any() and np.allclose(torch_out[finite], onnx_out[finite], atol=1e-4)
+
+    registry.deploy(metadata.version, reason="fits its kind's serving signature")
+    assert registry.deployed() == metadata.version
 
 
 def network_action_names(timelines) -> list[str]:

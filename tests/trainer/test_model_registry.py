@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from trainer_timelines import BANDIT_ACTIONS, fit_spec, make_bandit_timelines
 
+from contracts import ActionKind
 from trainer import (
     CorruptModelError,
     ModelRegistry,
@@ -102,4 +103,28 @@ def test_unloadable_onnx_and_unknown_version_are_refused(tmp_path: Path) -> None
     assert registry.list_versions() == []
     with pytest.raises(RegistryError, match="m0099-deadbeef"):
         registry.deploy("m0099-deadbeef", reason="typo")
+    assert registry.deployed() is None
+
+
+def test_register_records_the_action_kind(tmp_path: Path, onnx_models: list[bytes]) -> None:
+    """Given explicitly it is stored as given; left out, it follows from the graph's names (discrete here)."""
+    registry = ModelRegistry(tmp_path)
+    inferred = _register(registry, onnx_models[0])
+    declared = registry.register(
+        onnx_models[1],
+        feature_names=["x1", "x2"],
+        actions=BANDIT_ACTIONS,
+        algorithm="dqn",
+        action_kind="parametric",
+    )
+
+    assert inferred.action_kind is ActionKind.DISCRETE
+    assert declared.action_kind is ActionKind.PARAMETRIC
+    on_disk = json.loads((tmp_path / "models" / declared.version / "metadata.json").read_text())
+    assert on_disk["action_kind"] == "parametric"
+    assert registry.metadata(declared.version).action_kind is ActionKind.PARAMETRIC
+    with pytest.raises(
+        RegistryError, match=r"\(kind parametric\) is a 'dqn' model, whose models choose discrete"
+    ):
+        registry.deploy(declared.version, reason="the kind does not fit")
     assert registry.deployed() is None

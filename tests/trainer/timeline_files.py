@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import yaml
 from trainer_timelines import BANDIT_ACTIONS
 
-from stream._layout import TIMELINE_COLUMNS, timelines_path
+from stream._layout import timelines_path
 
 _MAP = pa.map_(pa.string(), pa.float64())
 _LIST = pa.list_(pa.string())
@@ -42,7 +42,7 @@ _SCHEMA = pa.schema(
 
 def write_timelines(frame: pd.DataFrame, output_dir: Path) -> None:
     """One parquet file per day, in the layout `stream.load_timelines` reads."""
-    columns = [c for c in TIMELINE_COLUMNS if c != "ds"]
+    columns = list(_SCHEMA.names)
     for ds, day in frame.groupby("ds"):
         data = {c: day[c].tolist() for c in columns}
         for name in ("state_features", "metrics", "next_state_features"):
