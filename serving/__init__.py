@@ -1,6 +1,17 @@
-"""Serving stage: the FastAPI app that scores with the deployed ONNX model and logs every decision."""
+"""Serving stage: the FastAPI app that decides with the deployed ONNX model (every action kind) and logs every decision."""
 
 from serving.app import create_app
-from serving.config import ServingConfig
+from serving.config import (
+    ContinuousActionConfig,
+    NoFallbackConfig,
+    ServingConfig,
+    UniformFallbackConfig,
+)
 
-__all__ = ["ServingConfig", "create_app"]
+__all__ = [
+    "ContinuousActionConfig",
+    "NoFallbackConfig",
+    "ServingConfig",
+    "UniformFallbackConfig",
+    "create_app",
+]

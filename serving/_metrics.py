@@ -36,6 +36,10 @@ _COUNTERS = {
         "streamrl_serving_model_swap_failures_total",
         "Deployed models that failed to load.",
     ),
+    "wrong_kind_requests": (
+        "streamrl_serving_wrong_kind_requests_total",
+        "Requests of another action kind than the served one (answered 422).",
+    ),
     "feature_lookup_failures": (
         "streamrl_serving_feature_lookup_failures_total",
         "Online feature lookups that failed (served on request features).",

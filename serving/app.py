@@ -1,9 +1,13 @@
-"""The serving HTTP app: features → ONNX Q-values → served distribution → sampled action → logged.
+"""The serving HTTP app: features → the deployed policy → sampled action and its propensity → logged.
 
-`POST /v1/act` and `/v1/act/batch` score with the model the holder has at the moment the
-request starts; `/healthz` says which model serves and why the server is degraded;
-`/metrics` is Prometheus text. All errors go through one handler that maps error types to
-status codes and always returns an `ErrorBody` with a request id.
+`POST /v1/act` and `/v1/act/batch` decide with the model the holder has at the moment the
+request starts, for every action kind (`serving._kinds.KINDS`); with no model loaded they
+answer 503 or, with `fallback: uniform`, choose uniformly at random (day 0).
+`POST /v1/decisions` is log-only (apprentice) mode: the app sends the decision it took itself,
+serving checks and logs it and answers what the deployed model would have done.
+`/healthz` says which model serves and why the server is degraded; `/metrics` is Prometheus
+text. All errors go through one handler that maps error types to status codes and always
+returns an `ErrorBody` with a request id.
 """
 
 from __future__ import annotations
@@ -26,16 +30,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from contracts import DecisionEvent
+from contracts import ActionKind, DecisionEvent
 from serving._decision_log import DecisionLog
+from serving._kinds import KINDS, Choice, ContinuousSpace
 from serving._metrics import ServingMetrics
-from serving.config import ServingConfig
+from serving.config import ServingConfig, UniformFallbackConfig
 from serving.errors import (
     BatchTooLargeError,
-    ModelOutputError,
+    NoModelError,
     ServingError,
     ServingStartupError,
-    UnknownActionError,
+    WrongKindError,
 )
 from serving.model_holder import LoadedModel, ModelHolder
 from serving.schemas import (
@@ -45,12 +50,27 @@ from serving.schemas import (
     BatchActResponse,
     ErrorBody,
     HealthStatus,
+    LoggedDecision,
+    LoggedDecisionResponse,
 )
 from stream import EventLogError, EventLogger
 
 logger = logging.getLogger(__name__)
 
-_ENDPOINTS = frozenset({"/v1/act", "/v1/act/batch", "/healthz", "/metrics"})
+_ENDPOINTS = frozenset({"/v1/act", "/v1/act/batch", "/v1/decisions", "/healthz", "/metrics"})
+_KIND_TAGS = frozenset(kind.value for kind in ActionKind)
+# Declared error bodies of the decision endpoints (every error is an `ErrorBody`).
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body is not valid JSON."},
+    422: {
+        "model": ErrorBody,
+        "description": "The request does not fit its schema or the served model: wrong action_kind, "
+        "unknown actions, a candidate without the model's features, a vector of the wrong length or "
+        "out of bounds, too large a batch. The message names the field.",
+    },
+    500: {"model": ErrorBody, "description": "Internal error (quote the request id)."},
+    503: {"model": ErrorBody, "description": "No model is loaded and no fallback serves."},
+}
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -121,19 +141,25 @@ def create_app(config: ServingConfig) -> FastAPI:
     for error_type in (RequestValidationError, ServingError, Exception):
         app.add_exception_handler(error_type, _handle_error)
 
-    @app.post("/v1/act", response_model=ActResponse)
-    async def act(body: ActRequest, request: Request) -> ActResponse:
-        """One decision."""
+    @app.post("/v1/act", response_model=ActResponse, responses=_ERRORS)
+    async def act(body: ActRequest, request: Request) -> Any:
+        """One decision, of the request's `action_kind` (discrete when absent)."""
         request.state.request_id = body.request_id
-        return (await _decide(request.app.state.runtime, [body]))[0]
+        return (await _decide(request.app.state.runtime, [body], batch=False))[0]
 
-    @app.post("/v1/act/batch", response_model=BatchActResponse)
+    @app.post("/v1/act/batch", response_model=BatchActResponse, responses=_ERRORS)
     async def act_batch(body: BatchActRequest, request: Request) -> BatchActResponse:
         """Up to `max_batch` decisions scored in one ONNX call."""
         runtime: _Runtime = request.app.state.runtime
         if len(body.requests) > runtime.config.max_batch:
             raise BatchTooLargeError(len(body.requests), runtime.config.max_batch)
-        return BatchActResponse(responses=await _decide(runtime, body.requests))
+        return BatchActResponse(responses=await _decide(runtime, body.requests, batch=True))
+
+    @app.post("/v1/decisions", response_model=LoggedDecisionResponse, responses=_ERRORS)
+    async def log_decision(body: LoggedDecision, request: Request) -> LoggedDecisionResponse:
+        """Log-only mode: log a decision the app took itself; answer what the deployed model would do."""
+        request.state.request_id = body.request_id
+        return await _log_app_decision(request.app.state.runtime, body)
 
     @app.get("/healthz", response_model=HealthStatus)
     async def healthz(request: Request) -> JSONResponse:
@@ -150,7 +176,13 @@ def create_app(config: ServingConfig) -> FastAPI:
 
 
 def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
-    holder = ModelHolder(config.registry_root, config.poll_interval_s, metrics)
+    holder = ModelHolder(
+        config.registry_root,
+        config.poll_interval_s,
+        metrics,
+        action_kind=config.action_kind,
+        continuous_actions=config.continuous_actions,
+    )
     try:
         event_logger = EventLogger(config.bootstrap_servers, config.topics)
     except Exception as exc:
@@ -176,6 +208,8 @@ def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
         enqueue_timeout_s=config.decision_enqueue_timeout_s,
     )
     decision_log.start()
+    if isinstance(config.fallback, UniformFallbackConfig):
+        metrics.model_version = config.fallback.model_version  # until the first model swaps in
     holder.start()
     return _Runtime(
         config=config,
@@ -207,10 +241,14 @@ def _health(runtime: _Runtime) -> HealthStatus:
         for reason in (runtime.holder.last_error, runtime.decision_log.degraded_reason())
         if reason is not None
     ]
-    status = "unavailable" if model is None else "degraded" if reasons else "ok"
-    return HealthStatus(
-        status=status, model_version=model.version if model else None, degraded_reasons=reasons
-    )
+    version = model.version if model else _fallback_version(runtime.config)
+    status = "unavailable" if version is None else "degraded" if reasons else "ok"
+    return HealthStatus(status=status, model_version=version, degraded_reasons=reasons)
+
+
+def _fallback_version(config: ServingConfig) -> str | None:
+    """The `model_version` the day-0 fallback serves under; None when there is no fallback."""
+    return config.fallback.model_version if isinstance(config.fallback, UniformFallbackConfig) else None
 
 
 async def _online_features(runtime: _Runtime, entity_ids: list[str]) -> list[dict[str, Any]]:
@@ -242,86 +280,181 @@ def _merge(online: dict[str, Any], request: dict[str, float | None]) -> dict[str
     return merged
 
 
-def _check_actions(model: LoadedModel, requests: list[ActRequest], batch: bool) -> None:
-    for i, req in enumerate(requests):
-        unknown = [a for a in req.possible_actions if a not in model.action_index]
-        if unknown:
-            where = f"requests[{i}]" if batch else "request"
-            raise UnknownActionError(unknown, list(model.metadata.actions), model.version, where)
-
-
-def _sample(runtime: _Runtime, probabilities: np.ndarray) -> np.ndarray:
-    """One action index per row, drawn from that row's distribution (never a 0-probability action)."""
+def _child_rng(runtime: _Runtime) -> np.random.Generator:
+    """A generator for one call, seeded from the server's (reproducible for a seed, never shared)."""
     with runtime.rng_lock:
-        u = runtime.rng.random(probabilities.shape[0])
-    cdf = np.cumsum(probabilities, axis=1)
-    chosen = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
-    chosen = np.minimum(chosen, probabilities.shape[1] - 1)
-    rows = np.arange(probabilities.shape[0])
-    zero = probabilities[rows, chosen] <= 0.0  # float edge at the top of the cdf
-    chosen[zero] = probabilities[zero].argmax(axis=1)
-    return chosen
+        return np.random.default_rng(runtime.rng.integers(2**63))
 
 
-async def _decide(runtime: _Runtime, requests: list[ActRequest]) -> list[ActResponse]:
-    model = runtime.holder.require()  # held to the end of the request, across any swap
-    batch = len(requests) > 1
-    _check_actions(model, requests, batch)
+def _served_kind(runtime: _Runtime, model: LoadedModel | None) -> tuple[ActionKind | None, str]:
+    """The kind requests must have, and who says so (for the error message); None = any kind."""
+    if model is not None:
+        return model.action_kind, f"the deployed model {model.version}"
+    return runtime.config.action_kind, "this server (serving.action_kind)"
+
+
+def _check_kind(runtime: _Runtime, model: LoadedModel | None, sent: str, prefix: str) -> None:
+    served, served_by = _served_kind(runtime, model)
+    if served is not None and sent != served.value:
+        runtime.metrics.add("wrong_kind_requests")
+        raise WrongKindError(f"{prefix}action_kind", sent, served.value, served_by, KINDS[served].expected)
+
+
+def _continuous_space(runtime: _Runtime, model: LoadedModel | None) -> ContinuousSpace | None:
+    if model is not None and model.action_kind is ActionKind.CONTINUOUS:
+        return ContinuousSpace.of_model(model)
+    dimensions = runtime.config.continuous_actions
+    return ContinuousSpace.of_config(dimensions) if dimensions is not None else None
+
+
+async def _features(runtime: _Runtime, requests: list[Any]) -> list[dict[str, float | None]]:
     online = await _online_features(runtime, [r.entity_id for r in requests])
-    merged = [_merge(o, r.context_features) for o, r in zip(online, requests, strict=True)]
-    features = model.policy.features(merged)
-    mask = model.policy.possible_mask([r.possible_actions for r in requests])
-    probabilities = np.asarray(model.policy.probabilities(features, mask), dtype=np.float64)
-    bad_rows = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
-    if bad_rows.size:
-        raise ModelOutputError(model.version, [requests[i].request_id for i in bad_rows])
-    chosen = _sample(runtime, probabilities)
+    return [_merge(o, r.context_features) for o, r in zip(online, requests, strict=True)]
+
+
+def _event(
+    request: Any, kind: ActionKind, context: dict, choice: Choice, version: str, now: datetime
+) -> DecisionEvent:
+    return DecisionEvent(
+        action_kind=kind,
+        request_id=request.request_id,
+        entity_id=request.entity_id,
+        mdp_id=request.mdp_id,
+        sequence_number=request.sequence_number,
+        timestamp=now,
+        context_features=context,
+        model_version=version,
+        **choice.event,
+    )
+
+
+def _response(request: Any, kind: ActionKind, choice: Choice, version: str) -> Any:
+    return KINDS[kind].response(
+        request_id=request.request_id,
+        model_version=version,
+        mdp_id=request.mdp_id,
+        sequence_number=request.sequence_number,
+        **choice.response,
+    )
+
+
+def _choose(
+    runtime: _Runtime,
+    model: LoadedModel | None,
+    requests: list[Any],
+    contexts: list[dict[str, float | None]],
+    prefixes: list[str],
+) -> list[tuple[ActionKind, Choice]]:
+    """Each request's kind and choice, in request order: by the model, else by the uniform fallback.
+
+    With a model every request has the model's kind (checked before); the fallback serves each
+    kind's requests on their own.
+    """
+    rng = _child_rng(runtime)
+    by_kind: dict[ActionKind, list[int]] = {}
+    for i, request in enumerate(requests):
+        by_kind.setdefault(ActionKind(request.action_kind), []).append(i)
+    chosen: dict[int, tuple[ActionKind, Choice]] = {}
+    for kind, rows in by_kind.items():
+        group = [requests[i] for i in rows]
+        if model is not None:
+            choices = KINDS[kind].decide(
+                model, group, [contexts[i] for i in rows], rng, [prefixes[i] for i in rows]
+            )
+        else:
+            choices = KINDS[kind].uniform(group, rng, _continuous_space(runtime, None))
+        chosen.update((i, (kind, choice)) for i, choice in zip(rows, choices, strict=True))
+    return [chosen[i] for i in range(len(requests))]
+
+
+async def _decide(runtime: _Runtime, requests: list[Any], batch: bool) -> list[Any]:
+    model = runtime.holder.current()  # held to the end of the request, across any swap
+    prefixes = [f"requests.{i}." if batch else "" for i in range(len(requests))]
+    for request, prefix in zip(requests, prefixes, strict=True):
+        _check_kind(runtime, model, request.action_kind, prefix)
+    version = model.version if model is not None else _fallback_version(runtime.config)
+    if version is None:
+        raise NoModelError(
+            str(runtime.config.registry_root), runtime.holder.last_error or "nothing is deployed"
+        )
+    contexts = await _features(runtime, requests)
+    chosen = _choose(runtime, model, requests, contexts, prefixes)
     now = datetime.now(UTC)
     responses = []
-    for i, req in enumerate(requests):
-        action = model.metadata.actions[int(chosen[i])]
-        propensity = float(probabilities[i, chosen[i]])
-        runtime.decision_log.submit(
-            DecisionEvent(
-                request_id=req.request_id,
-                entity_id=req.entity_id,
-                mdp_id=req.mdp_id,
-                sequence_number=req.sequence_number,
-                timestamp=now,
-                context_features=merged[i],
-                possible_actions=req.possible_actions,
-                action=action,
-                action_probability=propensity,
-                model_version=model.version,
-            )
-        )
-        responses.append(
-            ActResponse(
-                request_id=req.request_id,
-                action=action,
-                action_probability=propensity,
-                model_version=model.version,
-                mdp_id=req.mdp_id,
-                sequence_number=req.sequence_number,
-            )
-        )
+    for request, context, (kind, choice) in zip(requests, contexts, chosen, strict=True):
+        runtime.decision_log.submit(_event(request, kind, context, choice, version, now))
+        responses.append(_response(request, kind, choice, version))
     return responses
+
+
+async def _log_app_decision(runtime: _Runtime, decision: Any) -> LoggedDecisionResponse:
+    """Check and log the app's own decision; then, off the log, what the deployed model would do."""
+    model = runtime.holder.current()
+    _check_kind(runtime, model, decision.action_kind, "")
+    kind = ActionKind(decision.action_kind)
+    fields = KINDS[kind].logged(decision, _continuous_space(runtime, model), "")
+    (context,) = await _features(runtime, [decision])
+    runtime.decision_log.submit(
+        _event(decision, kind, context, Choice(event=fields, response={}), decision.policy, datetime.now(UTC))
+    )
+    if model is None:
+        return LoggedDecisionResponse(
+            request_id=decision.request_id,
+            model_decision=None,
+            model_decision_error=f"no model is loaded ({runtime.holder.last_error or 'nothing is deployed'})",
+        )
+    try:
+        (choice,) = KINDS[kind].decide(model, [decision], [context], _child_rng(runtime), [""])
+    except Exception as exc:  # the app's decision is logged either way; say why the model has no answer
+        if isinstance(exc, ServingError) and exc.status_code != 500:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            error = f"internal error while scoring with model {model.version}; quote request id {decision.request_id}"
+            logger.error(
+                "model %s could not score logged decision %s",
+                model.version,
+                decision.request_id,
+                exc_info=exc,
+            )
+        return LoggedDecisionResponse(
+            request_id=decision.request_id,
+            model_decision=None,
+            model_decision_error=error,
+        )
+    return LoggedDecisionResponse(
+        request_id=decision.request_id,
+        model_decision=_response(decision, kind, choice, model.version),
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
     parts = []
     status, kind = 422, "invalid_request"
     for error in exc.errors():
-        loc = [str(p) for p in error.get("loc", ()) if p != "body"]
+        loc = _field_path(error.get("loc", ()))
         if error.get("type") == "json_invalid":
             status, kind = 400, "invalid_json"
             parts.append(
                 f"request body is not valid JSON ({error.get('ctx', {}).get('error', error['msg'])})"
             )
             continue
+        if error.get("type") == "action_kind":  # the request union's tag: name the field it comes from
+            loc = [*loc, "action_kind"]
         field = ".".join(loc) or "body"
         parts.append(f"{field}: {error['msg']}")
     return status, kind, "; ".join(parts) or "invalid request"
+
+
+def _field_path(loc: tuple[Any, ...]) -> list[str]:
+    """The request field an error is about: without "body" and the kind tag of the request union."""
+    path: list[str] = []
+    previous: Any = "body"
+    for part in loc:
+        union_tag = part in _KIND_TAGS and (previous == "body" or isinstance(previous, int))
+        if part != "body" and not union_tag:
+            path.append(str(part))
+        previous = part
+    return path
 
 
 async def _handle_error(request: Request, exc: Exception) -> JSONResponse:

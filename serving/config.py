@@ -2,19 +2,62 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from contracts import DEFAULT_TOPICS, Topics
+from contracts import DEFAULT_TOPICS, ActionKind, Topics
 from features import FeatureStoreConfig
 
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
 
-class ServingConfig(BaseModel):
-    """Where to listen, which registry to follow, where decisions go and where features come from."""
 
+class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ContinuousActionConfig(_Section):
+    """One dimension of a continuous action: its name and bounds (env units)."""
+
+    name: NonEmptyStr
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ContinuousActionConfig:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise ValueError(
+                f"continuous action {self.name!r}: need finite low < high, got low={self.low}, "
+                f"high={self.high}"
+            )
+        return self
+
+
+class NoFallbackConfig(_Section):
+    """Without a loaded model, `/v1/act` answers 503 (`NoModelError`)."""
+
+    type: Literal["none"] = "none"
+
+
+class UniformFallbackConfig(_Section):
+    """Without a loaded model, serve uniformly at random (day 0).
+
+    Discrete: each possible action with probability 1/n; parametric: each candidate with 1/n;
+    continuous: uniform over `ServingConfig.continuous_actions` bounds, log density −Σ log(high − low).
+    Decisions are logged with `model_version` so timelines tell them apart from a model's.
+    """
+
+    type: Literal["uniform"] = "uniform"
+    model_version: NonEmptyStr = "day0-uniform"
+
+
+FallbackConfig = Annotated[NoFallbackConfig | UniformFallbackConfig, Field(discriminator="type")]
+
+
+class ServingConfig(_Section):
+    """Where to listen, which registry to follow, where decisions go and where features come from."""
 
     schema_version: Literal[1] = 1
     host: str = "127.0.0.1"
@@ -39,3 +82,39 @@ class ServingConfig(BaseModel):
     )
     log_flush_interval_s: float = Field(0.2, gt=0.0, description="how often logged decisions are flushed")
     log_flush_timeout_s: float = Field(10.0, gt=0.0)
+    action_kind: ActionKind | None = Field(
+        None,
+        description="the action kind this server serves: requests and deployed models of another kind "
+        "are refused. None = the kind of the first model loaded (a later model of another kind is refused)",
+    )
+    fallback: FallbackConfig = Field(
+        default_factory=NoFallbackConfig,
+        description="what `/v1/act` serves while no model is loaded: `none` (503) or `uniform` (day 0)",
+    )
+    continuous_actions: list[ContinuousActionConfig] | None = Field(
+        None,
+        description="continuous action dimensions in vector order, with bounds: what the uniform "
+        "fallback draws from and what `/v1/decisions` checks vectors against before a model is "
+        "loaded; a continuous model with other names or bounds is refused",
+        min_length=1,
+    )
+
+    @field_validator("continuous_actions")
+    @classmethod
+    def _unique_dimensions(
+        cls, value: list[ContinuousActionConfig] | None
+    ) -> list[ContinuousActionConfig] | None:
+        names = [d.name for d in value or []]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"continuous_actions names must be unique; duplicated: {duplicates}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fits_actions(self) -> ServingConfig:
+        if self.continuous_actions is not None and self.action_kind not in (None, ActionKind.CONTINUOUS):
+            raise ValueError(
+                f"continuous_actions is set but action_kind is {self.action_kind.value!r}; "
+                "drop continuous_actions or set action_kind: continuous"
+            )
+        return self

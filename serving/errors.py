@@ -64,14 +64,55 @@ class ModelLoadError(ServingError):
         super().__init__(f"model {version!r} could not be loaded: {reason}")
 
 
-class ModelOutputError(ServingError):
-    """The model answered a non-finite distribution (e.g. features overflowing float32): no decision."""
+class WrongKindError(ServingError):
+    """A request of another action kind than the one served (see `contracts.ActionKind`)."""
 
-    def __init__(self, version: str, request_ids: list[str]) -> None:
+    status_code = 422
+
+    def __init__(self, field: str, sent: str, served: str, served_by: str, expected: str) -> None:
+        self.field = field
+        self.sent = sent
+        self.served = served
+        self.served_by = served_by
+        super().__init__(
+            f"{field}: {served_by} serves {served} actions, but this request's action_kind is {sent!r} "
+            f"('discrete' when absent); send action_kind={served!r} with {expected}"
+        )
+
+
+class InvalidDecisionError(ServingError):
+    """A request that fits its schema but not the served action space (unknown features, bounds, length)."""
+
+    status_code = 422
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class ActionSpaceUnknownError(ServingError):
+    """A continuous request before any model is loaded, with no `continuous_actions` configured."""
+
+    status_code = 503
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what} needs the continuous action space, but no model is loaded and the serving config "
+            "has no continuous_actions; set serving.continuous_actions: [{name, low, high}, ...] or deploy "
+            "a continuous model"
+        )
+
+
+class ModelOutputError(ServingError):
+    """The model answered non-finite numbers (e.g. features overflowing float32): no decision."""
+
+    def __init__(self, version: str, request_ids: list[str], what: str = "action probabilities") -> None:
         self.version = version
         self.request_ids = request_ids
         super().__init__(
-            f"model {version!r} produced non-finite action probabilities for requests {request_ids[:10]}; "
+            f"model {version!r} produced non-finite {what} for requests {request_ids[:10]}; "
             "check those requests' feature values (out-of-range numbers?) and the model's normalization"
         )
 

@@ -4,6 +4,10 @@ Requests take a reference to the current `LoadedModel` once and use it to the en
 never mixes two models inside one request. A model that fails to load or to answer a probe
 inference is never swapped in: serving keeps the previous model, counts the failure and says
 why in the log and in `/healthz`. Rollback is the pointer moving back, handled the same way.
+
+A model must also fit what the server's clients send: its action kind must be the configured
+one (`ServingConfig.action_kind`) or, without one, the served model's; a continuous model's
+dimensions and bounds must be the configured `continuous_actions` when those are set.
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts import ActionKind
 from serving._metrics import ServingMetrics
-from serving.errors import ModelLoadError, NoModelError
-from trainer import ModelRegistry, OnnxPolicy
+from serving.config import ContinuousActionConfig
+from serving.errors import ModelLoadError
+from trainer import ModelRegistry
 from trainer.artifact import ModelMetadata
+from trainer.onnx_policy import ContinuousPolicy, ServedPolicy, load_policy
+from trainer.signatures import check_signature
 
 logger = logging.getLogger(__name__)
 
@@ -28,45 +36,85 @@ class LoadedModel:
     """One loaded, probed model version; immutable so requests can hold it across a swap."""
 
     version: str
-    policy: OnnxPolicy
+    policy: ServedPolicy  # the kind's policy (`trainer.onnx_policy.load_policy`)
     metadata: ModelMetadata
-    action_index: dict[str, int]
+    action_index: dict[str, int]  # discrete action name -> column; empty for the other kinds
 
-
-def _probe(policy: OnnxPolicy, metadata: ModelMetadata) -> None:
-    """Run the model on an all-missing batch and check it answers a proper distribution."""
-    n_features, n_actions = len(metadata.feature_names), len(metadata.actions)
-    features = np.full((2, n_features), np.nan, dtype=np.float32)
-    features[1] = 0.0
-    mask = np.ones((2, n_actions), dtype=np.float32)
-    probabilities = np.asarray(policy.probabilities(features, mask))
-    if probabilities.shape != (2, n_actions):
-        raise ValueError(f"probe returned shape {probabilities.shape}, expected {(2, n_actions)}")
-    if not np.isfinite(probabilities).all() or not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5):
-        raise ValueError(f"probe returned an invalid distribution {probabilities.tolist()}")
+    @property
+    def action_kind(self) -> ActionKind:
+        return self.metadata.action_kind
 
 
 def load_model(registry: ModelRegistry, version: str) -> LoadedModel:
-    """Load `version` from the registry (sha256-checked) and probe it; raise `ModelLoadError` if unfit."""
+    """Load `version` (sha256-checked), hold it to its kind's ONNX signature and probe it.
+
+    Raises `ModelLoadError` naming the problem when the model is unfit to serve.
+    """
     try:
         path, metadata = registry.get(version)
-        policy = OnnxPolicy(path, metadata)
-        _probe(policy, metadata)
+        check_signature(metadata, path)
+        policy = load_policy(path, metadata)
+        policy.probe()
     except Exception as exc:  # any failure means "do not serve this model"; the cause is chained
         raise ModelLoadError(version, f"{type(exc).__name__}: {exc}") from exc
     return LoadedModel(
         version=version,
         policy=policy,
         metadata=metadata,
-        action_index={action: i for i, action in enumerate(metadata.actions)},
+        action_index=(
+            {action: i for i, action in enumerate(metadata.actions)}
+            if metadata.action_kind is ActionKind.DISCRETE
+            else {}
+        ),
     )
+
+
+def misfit(
+    model: LoadedModel,
+    expected_kind: ActionKind | None,
+    continuous_actions: list[ContinuousActionConfig] | None,
+) -> str | None:
+    """Why `model` does not fit what this server's clients send; None when it does."""
+    if expected_kind is not None and model.action_kind is not expected_kind:
+        return (
+            f"it serves {model.action_kind.value} actions, but this server serves {expected_kind.value} "
+            f"ones (serving.action_kind, or the kind of the model served so far); deploy a "
+            f"{expected_kind.value} model, or change serving.action_kind and restart serving"
+        )
+    if model.action_kind is ActionKind.CONTINUOUS and continuous_actions is not None:
+        policy: ContinuousPolicy = model.policy  # type: ignore[assignment]
+        names = [d.name for d in continuous_actions]
+        if list(model.metadata.actions) != names:
+            return (
+                f"its action dimensions are {model.metadata.actions}, serving.continuous_actions names "
+                f"{names}; they must match in order"
+            )
+        low = np.array([d.low for d in continuous_actions])
+        high = np.array([d.high for d in continuous_actions])
+        if not (np.allclose(policy.action_low, low) and np.allclose(policy.action_high, high)):
+            return (
+                f"its action bounds are low={np.asarray(policy.action_low).tolist()}, "
+                f"high={np.asarray(policy.action_high).tolist()}; serving.continuous_actions says "
+                f"low={low.tolist()}, high={high.tolist()}"
+            )
+    return None
 
 
 class ModelHolder:
     """Holds the served model and swaps it when `registry.deployed()` changes."""
 
-    def __init__(self, registry_root: Path, poll_interval_s: float, metrics: ServingMetrics) -> None:
+    def __init__(
+        self,
+        registry_root: Path,
+        poll_interval_s: float,
+        metrics: ServingMetrics,
+        *,
+        action_kind: ActionKind | None = None,
+        continuous_actions: list[ContinuousActionConfig] | None = None,
+    ) -> None:
         self._registry_root = Path(registry_root)
+        self._action_kind = action_kind
+        self._continuous_actions = continuous_actions
         self._registry = ModelRegistry(self._registry_root)
         self._poll_interval_s = poll_interval_s
         self._metrics = metrics
@@ -84,13 +132,6 @@ class ModelHolder:
 
     def current(self) -> LoadedModel | None:
         return self._current
-
-    def require(self) -> LoadedModel:
-        """The model to score one request with; raises `NoModelError` (503) when there is none."""
-        model = self._current
-        if model is None:
-            raise NoModelError(str(self._registry_root), self._last_error or "nothing is deployed")
-        return model
 
     def reload(self, force: bool = False) -> bool:
         """Check the deploy pointer once and swap if it moved; True when a new model was swapped in.
@@ -118,6 +159,11 @@ class ModelHolder:
                 model = load_model(self._registry, deployed)
             except ModelLoadError as exc:
                 self._record_failure(deployed, str(exc))
+                return False
+            expected_kind = self._action_kind or (current.action_kind if current else None)
+            problem = misfit(model, expected_kind, self._continuous_actions)
+            if problem is not None:
+                self._record_failure(deployed, str(ModelLoadError(deployed, problem)))
                 return False
             self._current = model  # one reference assignment: requests see the old or the new model
             self._failed_version, self._last_error = None, None
