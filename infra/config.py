@@ -1,6 +1,6 @@
 """One YAML file per environment, validated into typed sections.
 
-Each stage owns the model of its own knobs (`DqnConfig`, `EvaluationConfig`, …); this module
+Each stage owns the model of its own knobs (`AlgorithmConfig`, `EvaluationConfig`, …); this module
 only composes them and fills in what depends on the environment — addresses of the stack,
 paths under the run directory — so stages never read global settings.
 """
@@ -11,15 +11,17 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from apps.notifications import FEATURE_NAMES, NotificationSimConfig
-from contracts import DEFAULT_TOPICS, StreamrlError, Topics
+from contracts import DEFAULT_TOPICS, ActionKind, StreamrlError, Topics
 from contracts.config_file import read_yaml_mapping, validation_error
 from evaluation.config import EvaluationConfig
 from features.identify import NormalizationConfig
 from features.store import FeastReaderConfig, OnlineReaderConfig
 from infra.stack_config import ENV_PREFIX, StackConfig
+from serving.config import ContinuousActionConfig, FallbackConfig, NoFallbackConfig
+from trainer.algorithms import TRAIN_FUNCTIONS, AlgorithmConfig
 from trainer.config import DqnConfig
 from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
 
@@ -59,10 +61,27 @@ class FeatureStoreSection(_Section):
 
 
 class ServingSection(_Section):
+    """`serving.ServingConfig`'s knobs an environment sets; addresses and paths come from the rest."""
+
     port: int = Field(18080, ge=1, le=65535)
     poll_interval_s: float = Field(1.0, gt=0)
     max_batch: int = Field(1000, ge=1, le=10_000)
     seed: int | None = 1234
+    # Day 0 and the served kind: what `/v1/act` does with no model (`none`: 503, `uniform`), the
+    # only kind served (None: the first model's), and the continuous action box (see ServingConfig).
+    fallback: FallbackConfig = Field(default_factory=NoFallbackConfig)
+    action_kind: ActionKind | None = None
+    continuous_actions: list[ContinuousActionConfig] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _kind_fits_actions(self) -> ServingSection:
+        # ServingConfig checks this too; here it fails while the file is loaded, naming the file.
+        if self.continuous_actions is not None and self.action_kind not in (None, ActionKind.CONTINUOUS):
+            raise ValueError(
+                f"continuous_actions is set but action_kind is {self.action_kind.value!r}; "
+                "drop continuous_actions or set action_kind: continuous"
+            )
+        return self
 
 
 class MonitoringSection(_Section):
@@ -91,11 +110,20 @@ class StreamrlConfig(_Section):
     stream: StreamSection = Field(default_factory=StreamSection)
     normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
     feature_store: FeatureStoreSection = Field(default_factory=FeatureStoreSection)
-    trainer: DqnConfig = Field(default_factory=DqnConfig)
+    # The refresh's algorithm: any `type` in `trainer.algorithms.TRAIN_FUNCTIONS` (default dqn).
+    trainer: AlgorithmConfig = Field(default_factory=DqnConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     serving: ServingSection = Field(default_factory=ServingSection)
     monitoring: MonitoringSection = Field(default_factory=MonitoringSection)
     demo: DemoSection = Field(default_factory=DemoSection)
+
+    @field_validator("trainer", mode="before")
+    @classmethod
+    def _dqn_unless_typed(cls, value: Any) -> Any:
+        """A `trainer:` section without `type` is DQN, as it was before the section became a union."""
+        if isinstance(value, dict) and "type" not in value:
+            return {**value, "type": "dqn"}
+        return value
 
 
 def load_model(path: Path, model: type[M], *, overrides: dict[str, Any] | None = None) -> M:
@@ -107,14 +135,16 @@ def load_model(path: Path, model: type[M], *, overrides: dict[str, Any] | None =
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise validation_error(path, exc, _config_error, union_tags=_EXPLORATION_TAGS) from exc
+        raise validation_error(path, exc, _config_error, union_tags=_UNION_TAGS) from exc
 
 
 def _config_error(message: str, path: Path, key: str | None) -> ConfigError:
     return ConfigError(message, path=path, key=key)
 
 
-_EXPLORATION_TAGS = ("greedy", "epsilon_greedy", "softmax")
+# Tags of the discriminated unions in the file, dropped from error keys ("trainer.gamma", not
+# "trainer.dqn.gamma"): exploration configs and algorithm types.
+_UNION_TAGS = ("greedy", "epsilon_greedy", "softmax", *TRAIN_FUNCTIONS)
 
 
 def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> StreamrlConfig:
@@ -133,10 +163,17 @@ def _stack_environment() -> dict[str, str]:
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, mapping by mapping; a mapping whose `type` changes replaces the old one
+    (`trainer: {type: sac, …}` over a dqn section must not inherit the dqn keys)."""
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        old = merged.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and old.get("type") == value.get("type", old.get("type"))
+        ):
+            merged[key] = _deep_merge(old, value)
         else:
             merged[key] = value
     return merged

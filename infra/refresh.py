@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from contracts import ActionKind, StreamrlError
 from evaluation import CpeReport, GateDecision, evaluate_and_gate, hold_out_mdps
 from features import (
     NormalizationSpec,
@@ -24,6 +25,7 @@ from features import (
 )
 from infra.environment import Environment
 from trainer import ModelRegistry
+from trainer.algorithms import ALGORITHM_KINDS
 from trainer.artifact import ModelMetadata
 from trainer.policy import ExplorationConfig
 from trainer.workflow import train_and_register
@@ -36,6 +38,78 @@ def print_to_terminal(line: str) -> None:
     """The default refresh progress: each line on stderr, but only when stderr is a terminal."""
     if sys.stderr.isatty():
         print(line, file=sys.stderr, flush=True)
+
+
+class RefreshError(StreamrlError):
+    """The timelines or the arguments do not fit the configured algorithm's action kind."""
+
+
+def _action_names(timelines: pd.DataFrame) -> list[str]:
+    """Discrete: every action name any row could choose, sorted (the model's action order)."""
+    return sorted({str(a) for possible in timelines["possible_actions"] for a in possible})
+
+
+def _action_dimensions(timelines: pd.DataFrame) -> list[str]:
+    """Continuous: the action dimensions in vector order, which every row's `possible_actions` names."""
+    orders = {tuple(possible) for possible in timelines["possible_actions"]}
+    if len(orders) != 1:
+        raise RefreshError(
+            f"continuous timelines must name the same action dimensions on every row, found "
+            f"{sorted(orders)[:5]}; pass them with --actions, in action_vector order"
+        )
+    return list(orders.pop())
+
+
+def _no_fixed_actions(timelines: pd.DataFrame) -> list[str]:
+    """Parametric: no fixed action set; each row carries its candidates' features."""
+    return []
+
+
+@dataclass(frozen=True)
+class _KindActions:
+    """What `actions` means for one action kind."""
+
+    names: str  # what the actions name, for messages
+    from_timelines: Callable[[pd.DataFrame], list[str]]
+    may_be_given: bool = True
+
+
+_KIND_ACTIONS: dict[ActionKind, _KindActions] = {
+    ActionKind.DISCRETE: _KindActions("action names, in model order", _action_names),
+    ActionKind.CONTINUOUS: _KindActions("action dimensions, in action_vector order", _action_dimensions),
+    ActionKind.PARAMETRIC: _KindActions(
+        "nothing: candidates come from possible_action_features", _no_fixed_actions, may_be_given=False
+    ),
+}
+
+
+def refresh_actions(
+    algorithm_type: str, timelines: pd.DataFrame, given: Sequence[str] | None = None
+) -> list[str]:
+    """The `actions` the refresh trains `algorithm_type` with: `given`, else derived from `timelines`
+    (discrete: action names; continuous: action dimensions; parametric: none, see `_KIND_ACTIONS`).
+
+    Raises `RefreshError` when the timelines hold decisions of another action kind, or when
+    actions are given for a kind that takes none.
+    """
+    kind = ALGORITHM_KINDS[algorithm_type]
+    if "action_kind" in timelines.columns:
+        logged = sorted({str(k) for k in timelines["action_kind"].dropna()} - {kind.value})
+        if logged:
+            raise RefreshError(
+                f"trainer type {algorithm_type!r} learns {kind.value} actions, but the timelines hold "
+                f"{' and '.join(logged)} decisions; set `trainer.type` in the environment file to an "
+                f"algorithm of that kind (see examples/)"
+            )
+    meaning = _KIND_ACTIONS[kind]
+    if given is None:
+        return meaning.from_timelines(timelines)
+    if given and not meaning.may_be_given:
+        raise RefreshError(
+            f"trainer type {algorithm_type!r} ({kind.value} actions) takes {meaning.names}; "
+            f"drop the actions {list(given)}"
+        )
+    return list(given)
 
 
 @dataclass(frozen=True)
@@ -54,7 +128,7 @@ def run_refresh(
     env: Environment,
     training_rows: pd.DataFrame,
     evaluation_rows: pd.DataFrame,
-    actions: Sequence[str],
+    actions: Sequence[str] | None,
     exploration: ExplorationConfig,
     *,
     label: str,
@@ -63,6 +137,11 @@ def run_refresh(
     progress: RefreshProgress = print_to_terminal,
 ) -> RefreshResult:
     """Fit the spec on `training_rows`, train a candidate, and gate it on `evaluation_rows`.
+
+    The candidate is `env.config.trainer`, any algorithm type. `actions` are what that type's kind
+    needs (see `refresh_actions`); None derives them from `training_rows`. `exploration` is
+    registered with the model: how discrete and parametric models explore around their scores
+    (continuous policies sample from their own Gaussian).
 
     `evaluation_rows` should be what the currently deployed policy logged since the last
     refresh: CPE compares the candidate with exactly that logging policy. `progress` gets one
@@ -73,6 +152,7 @@ def run_refresh(
     def step(number: int, what: str) -> None:
         progress(f"refresh {label} {number}/{_STEPS}: {what}")
 
+    actions = refresh_actions(env.config.trainer.type, training_rows, actions)  # refuses a kind mismatch
     # Hold a share of the evaluation MDPs out of training, so CPE never scores the candidate on
     # the decisions it was fitted to (winner's curse); `evaluation.holdout_fraction`, 0 disables.
     training_rows, evaluation_rows = hold_out_mdps(
@@ -90,7 +170,7 @@ def run_refresh(
     log_dir = env.tensorboard_dir / label
     step(2, f"training {env.config.trainer.type} on {len(training_rows)} rows, then export and register")
     candidate = train_and_register(
-        training_rows, spec, list(actions), env.config.trainer, registry, log_dir, exploration
+        training_rows, spec, actions, env.config.trainer, registry, log_dir, exploration
     )
     step(3, f"evaluating {candidate.version} on {len(evaluation_rows)} logged rows, gate, deploy if approved")
     report, decision = evaluate_and_gate(

@@ -10,7 +10,9 @@ from infra.commands._common import add_environment_arguments, environment_from
 HELP = "train, evaluate, gate and deploy a new model (nightly)"
 DESCRIPTION = (
     "Fit the normalization spec, train a candidate on the timelines, evaluate it on what "
-    "the deployed model logged, and deploy it if the gate approves."
+    "the deployed model logged, and deploy it if the gate approves. The candidate's algorithm is "
+    "the environment file's `trainer:` section (any type: dqn, cql, sac, td3, linucb, "
+    "linear_thompson, neural_bandit, parametric_dqn)."
 )
 
 
@@ -18,7 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(parser)
     parser.add_argument("--train-days", type=float, default=7.0, help="train on the last N days of timelines")
     parser.add_argument("--eval-days", type=float, default=1.0, help="evaluate on the last N days")
-    parser.add_argument("--actions", required=True, help="comma-separated action names, in model order")
+    parser.add_argument(
+        "--actions",
+        default=None,
+        help=(
+            "comma-separated: action names in model order (discrete types) or action dimensions in "
+            "action_vector order (sac, td3); parametric_dqn takes none. Default: read from the "
+            "timelines' possible_actions"
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         env,
         training,
         evaluation,
-        [a.strip() for a in args.actions.split(",") if a.strip()],
+        None if args.actions is None else [a.strip() for a in args.actions.split(",") if a.strip()],
         env.config.demo.learned_exploration,
         label=now.strftime("%Y%m%dT%H%M%S"),
         previous_spec=latest_spec(env.specs_dir),

@@ -8,6 +8,10 @@ import pytest
 
 from infra.config import DEFAULT_CONFIG, ConfigError, load_config
 from infra.environment import Environment
+from trainer import DqnConfig
+from trainer.algorithms import TRAIN_FUNCTIONS
+from trainer.bandits import LinUcbConfig
+from trainer.sac import SacConfig
 
 
 def test_packaged_config_loads_and_composes_stage_configs(tmp_path: Path) -> None:
@@ -62,3 +66,55 @@ def test_online_reader_is_selected_in_the_environment_file(tmp_path: Path) -> No
     path.write_text("feature_store:\n  online_reader: {type: memcached}\n")
     with pytest.raises(ConfigError, match="online_reader"):
         load_config(path)
+
+
+def test_trainer_section_is_any_algorithm_type_and_defaults_to_dqn(tmp_path: Path) -> None:
+    packaged = load_config(DEFAULT_CONFIG).trainer
+    assert isinstance(packaged, DqnConfig) and packaged.gamma == 0.9  # local.yaml's value
+    path = tmp_path / "untyped.yaml"
+    path.write_text("trainer:\n  gamma: 0.5\n")  # written before the section became a union
+    untyped = load_config(path).trainer
+    assert isinstance(untyped, DqnConfig) and untyped.gamma == 0.5
+    path.write_text("trainer:\n  type: sac\n  action_low: [-2.0]\n  action_high: [2.0]\n")
+    sac = load_config(path).trainer
+    assert isinstance(sac, SacConfig) and (sac.action_low, sac.action_high) == ([-2.0], [2.0])
+    path.write_text("trainer:\n  type: linucb\n  alpha: 0.25\n")
+    linucb = load_config(path).trainer
+    assert isinstance(linucb, LinUcbConfig) and linucb.alpha == 0.25
+
+
+def test_unknown_algorithm_type_names_key_value_and_known_types(tmp_path: Path) -> None:
+    path = tmp_path / "ppo.yaml"
+    path.write_text("trainer:\n  type: ppo\n  gamma: 0.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert info.value.key == "trainer" and str(path) in message and "'ppo'" in message
+    for known in TRAIN_FUNCTIONS:
+        assert f"'{known}'" in message
+
+
+def test_an_algorithm_field_error_names_the_key_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "cql.yaml"
+    path.write_text("trainer:\n  type: cql\n  cql_alpha: -1\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "trainer.cql_alpha" and "greater than or equal to 0" in str(info.value)
+    path.write_text("trainer:\n  type: td3\n  action_low: [1.0]\n")  # a continuous type needs both bounds
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.key == "trainer.action_high" and "Field required" in str(info.value)
+
+
+def test_an_override_that_changes_the_type_replaces_the_section() -> None:
+    """local.yaml's dqn keys (double_q, dueling) are no SAC keys: a new `type` starts a fresh section."""
+    sac = load_config(
+        overrides={"trainer": {"type": "sac", "action_low": [-1.0], "action_high": [1.0], "num_epochs": 3}}
+    ).trainer
+    assert (
+        isinstance(sac, SacConfig)
+        and sac.num_epochs == 3
+        and sac.gamma == SacConfig.model_fields["gamma"].default
+    )
+    same = load_config(overrides={"trainer": {"num_epochs": 3}}).trainer  # same type: merged key by key
+    assert isinstance(same, DqnConfig) and (same.num_epochs, same.batch_size) == (3, 256)
