@@ -14,9 +14,10 @@ linear ones add `reward_mean` and `exploration_width` outputs (see `trainer.arti
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from features import NormalizationModule, NormalizationSpec
-from trainer._progress import epoch_bar, show_metrics
+from trainer._minibatch_loop import EpochLoop, ModulesAndOptimizers, run_epochs
 from trainer.artifact import (
     EXPLORATION_WIDTH_OUTPUT,
     FEATURES_INPUT,
@@ -37,10 +38,10 @@ from trainer.artifact import (
     REWARD_MEAN_OUTPUT,
     DataRange,
 )
-from trainer.checkpoint import CheckpointConfig
+from trainer.checkpoint import CheckpointConfig, tensor_digest
 from trainer.data import build_transitions
-from trainer.distributed import SINGLE_PROCESS, DistributedContext
-from trainer.errors import TrainingDataError
+from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
+from trainer.errors import TrainerError, TrainingDataError
 from trainer.export import parity_sample
 from trainer.graph_export import export_graph
 from trainer.parametric_data import timeline_data_range
@@ -168,6 +169,7 @@ class BanditResult:
     actions: list[str]
     metrics: dict[str, float]
     data_range: DataRange
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch (one entry: closed form)
 
 
 def train_bandit(
@@ -183,9 +185,11 @@ def train_bandit(
 ) -> BanditResult:
     """Fit the configured bandit to logged one-step rows (the `TRAIN_FUNCTIONS` signature).
 
-    Linear bandits are closed form: every process computes the same posterior from all rows, so
-    `distributed` and `checkpoint` change nothing (there is nothing to resume). The neural bandit
-    trains in one process (seeded, deterministic on CPU).
+    The neural bandit trains like DQN (`trainer._minibatch_loop`): seeded and deterministic on
+    CPU, DDP over `distributed` with the same weights for any number of processes, checkpoints
+    and resume. Linear bandits are closed form: under `distributed` each process sums the
+    sufficient statistics A and b over its share of the rows and the sums are all-reduced (exact);
+    a `checkpoint` is refused, since a single pass over the data has nothing to resume.
     """
     actions = list(actions)
     data = build_transitions(timelines, list(spec.feature_names), actions, gamma=0.0)
@@ -197,19 +201,17 @@ def train_bandit(
             column="not_terminal",
             rows=multi_step.tolist(),
         )
-    weights = _row_weights(timelines, config)
-    if isinstance(config, NeuralBanditConfig):
-        network, metrics = _fit_neural(
-            data.states, data.actions, data.rewards, weights, spec, actions, config
-        )
-    else:
-        network, metrics = _fit_linear(
-            data.states, data.actions, data.rewards, weights, spec, actions, config
-        )
+    fit = _FITS[config.type]
+    network, history = fit(
+        _LoggedRows(data.states, data.actions, data.rewards, _row_weights(timelines, config)),
+        spec,
+        actions,
+        config,
+        _FitRun(checkpoint, distributed, on_step),
+    )
+    metrics = dict(history[-1])
     for i, name in enumerate(actions):
         metrics[f"train/logged_action_share/{name}"] = float((data.actions == i).float().mean())
-    if on_step is not None:
-        on_step(1)
     if log_dir is not None and distributed.is_main:
         from tensorboardX import SummaryWriter
 
@@ -222,6 +224,7 @@ def train_bandit(
         actions=actions,
         metrics=metrics,
         data_range=timeline_data_range(timelines),
+        history=history,
     )
 
 
@@ -331,80 +334,156 @@ def _row_weights(timelines: pd.DataFrame, config: _BanditConfig) -> np.ndarray:
     return np.minimum(1.0 / propensity, config.max_weight)
 
 
+@dataclass(frozen=True)
+class _LoggedRows:
+    """Every logged row (each process holds all of them): context, action index, reward, weight."""
+
+    states: torch.Tensor  # float32 [N, F] raw
+    actions: torch.Tensor  # int64 [N]
+    rewards: torch.Tensor  # float32 [N]
+    weights: np.ndarray  # float64 [N]
+
+
+@dataclass(frozen=True)
+class _FitRun:
+    """How a fit runs: checkpoints, processes, the per-step hook."""
+
+    checkpoint: CheckpointConfig | None
+    distributed: DistributedContext
+    on_step: StepHook | None
+
+
 def _fit_linear(
-    states: torch.Tensor,
-    actions_taken: torch.Tensor,
-    rewards: torch.Tensor,
-    weights: np.ndarray,
+    logged: _LoggedRows,
     spec: NormalizationSpec,
     actions: list[str],
     config: LinUcbConfig | LinearThompsonConfig,
-) -> tuple[LinearBandit, dict[str, float]]:
-    """Per action: A = λI + Σ w x xᵀ, b = Σ w r x, μ = A⁻¹b (float64 numpy, stored as float32)."""
+    run: _FitRun,
+) -> tuple[LinearBandit, list[dict[str, float]]]:
+    """Per action: A = λI + Σ w x xᵀ, b = Σ w r x, μ = A⁻¹b (float64 numpy, stored as float32).
+
+    Σ is over every process's strided share of the rows, all-reduced: exact for any number of
+    processes (up to float64 summation order).
+    """
+    if run.checkpoint is not None:
+        raise TrainerError(
+            f"{config.type} is a closed-form fit in one pass over the data: there is nothing to "
+            "checkpoint or resume; remove the run's `checkpoint:` section"
+        )
+    ctx = run.distributed
     with torch.no_grad():
-        x = torch.cat([NormalizationModule(spec)(states), torch.ones(len(states), 1)], dim=1).double().numpy()
-    taken = actions_taken.numpy()
-    r = rewards.double().numpy()
+        x = (
+            torch.cat([NormalizationModule(spec)(logged.states), torch.ones(len(logged.states), 1)], dim=1)
+            .double()
+            .numpy()
+        )
+    taken = logged.actions.numpy()
+    r = logged.rewards.double().numpy()
     d = x.shape[1]
-    means = np.zeros((len(actions), d))
-    a_inv = np.zeros((len(actions), d, d))
+    gram = np.zeros((len(actions), d, d))
+    moment = np.zeros((len(actions), d))
+    share = np.arange(len(r))[ctx.rank :: ctx.world_size]
     for a in range(len(actions)):
-        rows = taken == a
-        xw = x[rows] * weights[rows, None]
-        precision = config.ridge_lambda * np.eye(d) + xw.T @ x[rows]
-        a_inv[a] = np.linalg.inv(precision)
-        means[a] = a_inv[a] @ (xw.T @ r[rows])
+        rows = share[taken[share] == a]
+        xw = x[rows] * logged.weights[rows, None]
+        gram[a], moment[a] = xw.T @ x[rows], xw.T @ r[rows]
+    totals = ctx.all_reduce_sum(torch.from_numpy(np.concatenate([gram.ravel(), moment.ravel()]))).numpy()
+    gram, moment = totals[: gram.size].reshape(gram.shape), totals[gram.size :].reshape(moment.shape)
+    a_inv = np.linalg.inv(config.ridge_lambda * np.eye(d) + gram)
+    means = np.einsum("ade,ae->ad", a_inv, moment)
     if isinstance(config, LinUcbConfig):
         network = LinearBandit(spec, means, a_inv, scale=config.alpha, bonus_weight=1.0)
     else:
         network = LinearBandit(spec, means, a_inv, scale=config.posterior_scale, bonus_weight=0.0)
     predicted = np.einsum("nd,nd->n", x, means[taken])
     widths = np.sqrt(np.einsum("nd,nde,ne->n", x, a_inv[taken], x))
-    return network, {
-        "train/reward_mse": float(np.mean((predicted - r) ** 2)),
-        "train/mean_width": float(network.scale * widths.mean()),
-    }
+    if run.on_step is not None:
+        run.on_step(1)
+    return network, [
+        {
+            "train/reward_mse": float(np.mean((predicted - r) ** 2)),
+            "train/mean_width": float(network.scale * widths.mean()),
+        }
+    ]
 
 
 def _fit_neural(
-    states: torch.Tensor,
-    actions_taken: torch.Tensor,
-    rewards: torch.Tensor,
-    weights: np.ndarray,
+    logged: _LoggedRows,
     spec: NormalizationSpec,
     actions: list[str],
     config: NeuralBanditConfig,
-) -> tuple[NeuralBandit, dict[str, float]]:
-    """Minibatch Adam on Σ w (Q(x, logged a) − r)² / Σ w; seeded, one torch thread by default."""
+    run: _FitRun,
+) -> tuple[NeuralBandit, list[dict[str, float]]]:
+    """Minibatch Adam on Σ w (Q(x, logged a) − r)² / Σ w over each global batch; seeded, one torch
+    thread by default. `reward_mse` is the last epoch's row-weighted mean of that loss."""
+    ctx = run.distributed
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             network = NeuralBandit(spec, len(actions), config.hidden_sizes)
+        q_all = ctx.wrap(ForwardOf(network, "q_all"))  # the only forward that needs gradients
         optimizer = torch.optim.Adam(
             [p for p in network.parameters() if p.requires_grad],
             lr=config.learning_rate,
             weight_decay=config.weight_decay,
         )
-        w = torch.as_tensor(weights, dtype=torch.float32)
-        shuffle = torch.Generator().manual_seed(config.seed)
-        n = len(rewards)
-        loss_sum = 0.0
-        epochs = epoch_bar(range(config.num_epochs), desc=config.type)
-        for _ in epochs:
-            loss_sum = 0.0
-            order = torch.randperm(n, generator=shuffle)
-            for start in range(0, n, config.batch_size):
-                idx = order[start : start + config.batch_size]
-                q = network.q_all(states[idx]).gather(1, actions_taken[idx, None]).squeeze(1)
-                loss = (w[idx] * (q - rewards[idx]) ** 2).sum() / w[idx].sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach()) * len(idx)
-            show_metrics(epochs, {"train/reward_mse": loss_sum / n}, ("train/reward_mse",))
+        w = torch.as_tensor(logged.weights, dtype=torch.float32)
+
+        def step(shard: MinibatchShard) -> dict[str, float]:
+            rows = shard.rows
+            q = q_all(logged.states[rows]).gather(1, logged.actions[rows, None]).squeeze(1)
+            # The global batch's weighted mean: its weight total is known to every process.
+            squared = (w[rows] * (q - logged.rewards[rows]) ** 2).sum()
+            loss = squared * (shard.world_size / w[shard.global_rows].sum())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            return {"train/reward_mse": float(loss.detach())}
+
+        loop = EpochLoop(
+            n_rows=len(logged.rewards),
+            batch_size=config.batch_size,
+            num_epochs=config.num_epochs,
+            seed=config.seed,
+            desc=config.type,
+            shown=("train/reward_mse",),
+            fingerprint=_neural_fingerprint(config, actions, spec, logged),
+        )
+        history = run_epochs(
+            loop,
+            ModulesAndOptimizers({"network": network}, {"optimizer": optimizer}),
+            step,
+            ctx,
+            checkpoint=run.checkpoint,
+            log_dir=None,
+            on_step=run.on_step,
+        )
     finally:
         torch.set_num_threads(previous_threads)
     network.eval()
-    return network, {"train/reward_mse": loss_sum / n}
+    return network, history
+
+
+def _neural_fingerprint(
+    config: NeuralBanditConfig, actions: list[str], spec: NormalizationSpec, logged: _LoggedRows
+) -> dict[str, str]:
+    """What must match to resume. Epochs may grow and threads may change: same math."""
+    math = config.model_dump(mode="json", exclude={"num_epochs", "num_threads", "device"})
+    return {
+        "algorithm_config": json.dumps(math, sort_keys=True),
+        "actions": json.dumps(actions),
+        "normalization_spec_sha256": spec.content_sha256,
+        "data_sha256": tensor_digest(
+            logged.states, logged.actions, logged.rewards, torch.from_numpy(logged.weights)
+        ),
+    }
+
+
+#: `type` → fit; each takes (rows, spec, actions, config, run) and returns (network, per-epoch metrics).
+_FITS: dict[str, Callable[..., tuple[LinearBandit | NeuralBandit, list[dict[str, float]]]]] = {
+    "linucb": _fit_linear,
+    "linear_thompson": _fit_linear,
+    "neural_bandit": _fit_neural,
+}

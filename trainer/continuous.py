@@ -11,28 +11,26 @@ normalizes a whole minibatch; the same module is baked into the exported actor.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from tensorboardX import SummaryWriter
 from torch import nn
 
 from features import NormalizationModule, NormalizationSpec, build_feature_matrix
 from features.spec import ACTION_EPS
-from trainer._progress import epoch_bar, show_metrics
+from trainer._minibatch_loop import EpochLoop, run_epochs
 from trainer.artifact import DataRange
+from trainer.checkpoint import CheckpointConfig, tensor_digest
 from trainer.data import checked_rewards, describe_rows, feature_maps
+from trainer.distributed import SINGLE_PROCESS, DistributedContext, MinibatchShard
 from trainer.errors import TrainerError, TrainingDataError
-
-if TYPE_CHECKING:
-    from trainer.checkpoint import CheckpointConfig
-    from trainer.distributed import DistributedContext
 
 ACTION_VECTOR_COLUMN = "action_vector"
 REQUIRED_COLUMNS = (
@@ -311,26 +309,41 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
 
 class ContinuousLearner(Protocol):
-    """One algorithm's networks and optimizers; `update` is one gradient step on a minibatch."""
+    """One algorithm's networks and optimizers; `update` is one gradient step on a minibatch.
+
+    `update(batch, shard)` takes this process's rows and their `MinibatchShard` (None: the whole
+    batch in one process, as the online Gym loop uses it) and returns metrics, each this process's
+    share of the global batch's value. `state_dict`/`load_state_dict` cover everything a resumed
+    run needs (networks, targets, optimizers, counters) as plain tensors and numbers.
+    """
 
     actor: ContinuousActor
 
-    def update(self, batch: ContinuousTransitions) -> dict[str, float]: ...
+    def update(
+        self, batch: ContinuousTransitions, shard: MinibatchShard | None = None
+    ) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 #: `type` → learner class, imported lazily (one line per algorithm; no registration by import).
 LEARNERS = {"sac": "trainer.sac:SacLearner", "td3": "trainer.td3:Td3Learner"}
 
 
-def build_learner(spec: NormalizationSpec, config: ContinuousConfig) -> ContinuousLearner:
-    """The learner for `config.type` (a `SacConfig` or `Td3Config`)."""
+def build_learner(
+    spec: NormalizationSpec, config: ContinuousConfig, distributed: DistributedContext = SINGLE_PROCESS
+) -> ContinuousLearner:
+    """The learner for `config.type` (a `SacConfig` or `Td3Config`), its networks DDP-wrapped when
+    `distributed` has peers."""
     algorithm = getattr(config, "type", None)
     if algorithm not in LEARNERS:
         raise TrainerError(
             f"no continuous-action learner for config type {algorithm!r}; expected one of {sorted(LEARNERS)}"
         )
     module, name = LEARNERS[algorithm].split(":")
-    return getattr(importlib.import_module(module), name)(spec, config)
+    return getattr(importlib.import_module(module), name)(spec, config, distributed)
 
 
 def update_twin_critic(
@@ -339,14 +352,21 @@ def update_twin_critic(
     state: torch.Tensor,
     actions: torch.Tensor,
     target: torch.Tensor,
+    loss_scale: float,
 ) -> dict[str, float]:
-    """One gradient step of both critics towards the same target (SAC's and TD3's clipped double Q)."""
+    """One gradient step of both critics towards the same target (SAC's and TD3's clipped double Q).
+
+    `critic` may be DDP-wrapped; the loss is the row sum times `loss_scale` (see `MinibatchShard`).
+    """
     q1, q2 = critic(state, actions)
-    loss = ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
+    loss = (((q1 - target) ** 2) + ((q2 - target) ** 2)).sum() * loss_scale
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return {"train/critic_loss": float(loss.detach()), "train/q_mean": float(q1.detach().mean())}
+    return {
+        "train/critic_loss": float(loss.detach()),
+        "train/q_mean": float(q1.detach().sum() * loss_scale),
+    }
 
 
 @dataclass(frozen=True)
@@ -366,48 +386,44 @@ def train_continuous(
     spec: NormalizationSpec,
     actions: Sequence[str],
     config: ContinuousConfig,
-    log_dir: Path,
+    log_dir: Path | None,
     *,
     checkpoint: CheckpointConfig | None = None,
-    distributed: DistributedContext | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
     on_step: Callable[[int], None] | None = None,
 ) -> ContinuousTrainingResult:
     """Off-policy fit on logged timelines: `num_epochs` shuffled passes, one update per minibatch.
 
-    Takes the keyword arguments of `trainer.algorithms.TRAIN_FUNCTIONS` entries; checkpoints and
-    multi-process training are not implemented for continuous actions yet and are refused.
-    `on_step(global_step)` runs after every update; an exception from it stops training.
+    Takes the keyword arguments of `trainer.algorithms.TRAIN_FUNCTIONS` entries, with DQN's
+    guarantees (`trainer._minibatch_loop`): seeded and deterministic on CPU, the same weights for
+    any number of processes (`distributed`) up to float rounding, and across a kill and resume
+    from `checkpoint`. `on_step(global_step)` runs after every update (and after any checkpoint
+    of that step); an exception from it stops training.
     """
-    if checkpoint is not None or getattr(distributed, "world_size", 1) > 1:
-        raise TrainerError(
-            f"{getattr(config, 'type', 'continuous')} training does not support checkpoints or more than one "
-            "process yet; remove the `checkpoint` section and run without torchrun"
-        )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
         data = build_continuous_transitions(timelines, spec.feature_names, actions, config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            learner = build_learner(spec, config)
-            shuffle = torch.Generator().manual_seed(config.seed)
-            history: list[dict[str, float]] = []
-            global_step = 0
-            with SummaryWriter(str(log_dir)) as writer:
-                epochs = epoch_bar(range(config.num_epochs), desc=getattr(config, "type", "continuous"))
-                for epoch in epochs:
-                    sums: dict[str, list[float]] = {}
-                    for rows in torch.randperm(data.n_rows, generator=shuffle).split(config.batch_size):
-                        for name, value in learner.update(data.take(rows)).items():
-                            sums.setdefault(name, []).append(value)
-                        global_step += 1
-                        if on_step is not None:
-                            on_step(global_step)
-                    metrics = {name: float(np.mean(values)) for name, values in sums.items()}
-                    for name, value in metrics.items():
-                        writer.add_scalar(name, value, epoch)
-                    history.append(metrics)
-                    show_metrics(epochs, metrics, ("train/critic_loss", "train/actor_loss"))
+            learner = build_learner(spec, config, distributed)
+            algorithm = getattr(config, "type", "continuous")
+            loop = EpochLoop(
+                n_rows=data.n_rows,
+                batch_size=config.batch_size,
+                num_epochs=config.num_epochs,
+                seed=config.seed,
+                desc=algorithm,
+                shown=("train/critic_loss", "train/actor_loss"),
+                fingerprint=_fingerprint_parts(config, actions, spec, data),
+            )
+
+            def step(shard: MinibatchShard) -> dict[str, float]:
+                return learner.update(data.take(shard.rows), shard)
+
+            history = run_epochs(
+                loop, learner, step, distributed, checkpoint=checkpoint, log_dir=log_dir, on_step=on_step
+            )
     finally:
         torch.set_num_threads(previous_threads)
     learner.actor.eval()
@@ -415,10 +431,25 @@ def train_continuous(
         network=learner.actor,
         feature_names=list(spec.feature_names),
         actions=list(actions),
-        metrics=dict(history[-1]),
+        metrics=dict(history[-1]) if history else {},
         data_range=_data_range(timelines),
         history=history,
     )
+
+
+def _fingerprint_parts(
+    config: ContinuousConfig, actions: Sequence[str], spec: NormalizationSpec, data: ContinuousTransitions
+) -> dict[str, str]:
+    """What must match to resume. Epochs may grow and threads may change: same math."""
+    math = config.model_dump(mode="json", exclude={"num_epochs", "num_threads", "device"})
+    return {
+        "algorithm_config": json.dumps(math, sort_keys=True),
+        "actions": json.dumps(list(actions)),
+        "normalization_spec_sha256": spec.content_sha256,
+        "data_sha256": tensor_digest(
+            data.states, data.actions, data.rewards, data.next_states, data.not_terminal
+        ),
+    }
 
 
 def _data_range(timelines: pd.DataFrame) -> DataRange:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -79,8 +79,70 @@ class DistributedContext:
         if self.world_size > 1:
             dist.barrier()
 
+    def average_gradients(self, parameters: list[torch.Tensor]) -> None:
+        """Average `.grad` over processes, as DDP does, for parameters outside any DDP module."""
+        if self.world_size == 1:
+            return
+        for parameter in parameters:
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+                parameter.grad /= self.world_size
+
+    def shard(self, global_rows: torch.Tensor) -> MinibatchShard:
+        """This process's part of the global minibatch `global_rows`."""
+        return MinibatchShard(global_rows, self.rank, self.world_size)
+
 
 SINGLE_PROCESS = DistributedContext()
+
+
+class ForwardOf(nn.Module):
+    """`module.<method>(...)` as a module's forward, so DDP can wrap the one call that needs gradients."""
+
+    def __init__(self, module: nn.Module, method: str):
+        super().__init__()
+        self.module = module
+        self.method = method
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return getattr(self.module, self.method)(*args)
+
+
+@dataclass(frozen=True, slots=True)
+class MinibatchShard:
+    """One process's strided share of a global minibatch, and how to scale its loss.
+
+    Every process holds the same `global_rows` (drawn from the same seeded permutation). Losses
+    are sums over this process's `rows` times `loss_scale`: DDP's gradient average over processes
+    is then the gradient of the mean over the global batch, whatever the shard sizes. Random draws
+    a loss needs per row (SAC's sampled actions, TD3's target noise) are drawn for the whole global
+    batch on every process and cut with `share`, so they do not depend on the number of processes.
+    """
+
+    global_rows: torch.Tensor
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def whole(cls, n_rows: int) -> MinibatchShard:
+        """A single-process minibatch of `n_rows` rows (0..n-1)."""
+        return cls(torch.arange(n_rows))
+
+    @property
+    def rows(self) -> torch.Tensor:
+        return shard_rows(self.global_rows, self.rank, self.world_size)
+
+    @property
+    def global_size(self) -> int:
+        return len(self.global_rows)
+
+    @property
+    def loss_scale(self) -> float:
+        return self.world_size / max(self.global_size, 1)
+
+    def share(self, values: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a tensor with one row per global-batch row."""
+        return shard_rows(values, self.rank, self.world_size)
 
 
 def select_backend(config: DistributedConfig, device: str) -> Backend:

@@ -9,6 +9,7 @@ Timeline columns: `trainer.parametric_data`. ONNX contract: `trainer.artifact` (
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from features import NormalizationConfig, NormalizationModule, NormalizationSpec
-from trainer._progress import epoch_bar, show_metrics
+from trainer._minibatch_loop import EpochLoop, ModulesAndOptimizers, run_epochs
 from trainer.artifact import (
     ACTION_FEATURES_INPUT,
     CANDIDATE_MASK_INPUT,
@@ -30,11 +31,11 @@ from trainer.artifact import (
     SCORES_OUTPUT,
     DataRange,
 )
-from trainer.checkpoint import CheckpointConfig
-from trainer.distributed import SINGLE_PROCESS, DistributedContext
-from trainer.errors import TrainerError
+from trainer.checkpoint import CheckpointConfig, tensor_digest
+from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 from trainer.graph_export import export_graph
 from trainer.parametric_data import (
+    ParametricTransitions,
     build_parametric_transitions,
     candidate_tensor,
     fit_action_normalization,
@@ -138,34 +139,28 @@ def train_parametric_dqn(
 ) -> ParametricTrainingResult:
     """Fit Q(s, a) on parametric timelines (the `TRAIN_FUNCTIONS` signature; `actions` is unused:
     candidates are feature maps, not a fixed list). The action spec is fitted on every offered
-    candidate unless given. Single process, no checkpoints yet: both raise rather than being ignored.
+    candidate unless given.
+
+    DQN's guarantees (`trainer._minibatch_loop`): seeded and deterministic on CPU, the same
+    weights for any number of processes (`distributed`) up to float rounding, and across a kill
+    and resume from `checkpoint`. `on_step(global_step)` runs after every optimizer step.
     """
-    if checkpoint is not None or distributed.world_size > 1:
-        raise TrainerError(
-            "parametric_dqn does not support checkpoints or multi-process training yet; remove the "
-            "run's `checkpoint:` section and run it in one process"
-        )
     action_spec = action_spec or fit_action_normalization(timelines, config.action_normalization)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
-        network, history = _train(timelines, spec, action_spec, config, on_step)
+        network, history = _train(
+            timelines, spec, action_spec, config, log_dir, checkpoint, distributed, on_step
+        )
     finally:
         torch.set_num_threads(previous_threads)
-    if log_dir is not None:
-        from tensorboardX import SummaryWriter
-
-        with SummaryWriter(str(log_dir)) as writer:
-            for epoch, metrics in enumerate(history):
-                for tag, value in metrics.items():
-                    writer.add_scalar(tag, value, epoch)
     return ParametricTrainingResult(
         network=network,
         feature_names=list(spec.feature_names),
         action_feature_names=list(action_spec.feature_names),
         action_spec=action_spec,
         actions=sorted({str(a) for a in timelines["action"]}) if "action" in timelines.columns else [],
-        metrics=history[-1],
+        metrics=dict(history[-1]) if history else {},
         data_range=timeline_data_range(timelines),
         history=history,
     )
@@ -176,6 +171,9 @@ def _train(
     spec: NormalizationSpec,
     action_spec: NormalizationSpec,
     config: ParametricDqnConfig,
+    log_dir: Path | None,
+    checkpoint: CheckpointConfig | None,
+    ctx: DistributedContext,
     on_step: StepHook | None,
 ) -> tuple[ParametricQNetwork, list[dict[str, float]]]:
     data = build_parametric_transitions(
@@ -186,44 +184,78 @@ def _train(
         network = ParametricQNetwork(spec, action_spec, config.hidden_sizes)
     target = copy.deepcopy(network)
     target.requires_grad_(False)
+    pair_q = ctx.wrap(ForwardOf(network, "q_pairs"))  # the only forward that needs gradients
     optimizer = torch.optim.Adam(
         [p for p in network.parameters() if p.requires_grad],
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
-    shuffle = torch.Generator().manual_seed(config.seed)
-    history: list[dict[str, float]] = []
-    step = 0
-    epochs = epoch_bar(range(config.num_epochs), desc=config.type)
-    for _ in epochs:
-        td_sum = 0.0
-        for idx in torch.randperm(data.n_rows, generator=shuffle).split(config.batch_size):
-            with torch.no_grad():
-                y = data.rewards[idx] + config.gamma * data.not_terminal[idx] * _next_value(
-                    network,
-                    target,
-                    data.next_states[idx],
-                    data.next_candidates[idx],
-                    data.next_mask[idx],
-                    config,
-                )
-            q = network.q_pairs(data.states[idx], data.action_features[idx])
-            loss = ((q - y) ** 2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                for online_p, target_p in zip(network.parameters(), target.parameters(), strict=True):
-                    target_p.lerp_(online_p, config.target_update_tau)
-            td_sum += float(loss.detach()) * len(idx)
-            step += 1
-            if on_step is not None:
-                on_step(step)
-        history.append(
-            {"train/td_loss": td_sum / data.n_rows, **_q_metrics(network, data.states, data.action_features)}
-        )
-        show_metrics(epochs, history[-1], ("train/td_loss",))
+
+    def step(shard: MinibatchShard) -> dict[str, float]:
+        rows = shard.rows
+        with torch.no_grad():
+            y = data.rewards[rows] + config.gamma * data.not_terminal[rows] * _next_value(
+                network,
+                target,
+                data.next_states[rows],
+                data.next_candidates[rows],
+                data.next_mask[rows],
+                config,
+            )
+        q = pair_q(data.states[rows], data.action_features[rows])
+        loss = ((q - y) ** 2).sum() * shard.loss_scale
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            for online_p, target_p in zip(network.parameters(), target.parameters(), strict=True):
+                target_p.lerp_(online_p, config.target_update_tau)
+        return {"train/td_loss": float(loss.detach())}
+
+    loop = EpochLoop(
+        n_rows=data.n_rows,
+        batch_size=config.batch_size,
+        num_epochs=config.num_epochs,
+        seed=config.seed,
+        desc=config.type,
+        shown=("train/td_loss",),
+        fingerprint=_fingerprint_parts(config, spec, action_spec, data),
+    )
+    history = run_epochs(
+        loop,
+        ModulesAndOptimizers({"online": network, "target": target}, {"optimizer": optimizer}),
+        step,
+        ctx,
+        checkpoint=checkpoint,
+        log_dir=log_dir,
+        on_step=on_step,
+        epoch_metrics=lambda: _q_metrics(network, data.states, data.action_features),
+    )
     return network.eval(), history
+
+
+def _fingerprint_parts(
+    config: ParametricDqnConfig,
+    spec: NormalizationSpec,
+    action_spec: NormalizationSpec,
+    data: ParametricTransitions,
+) -> dict[str, str]:
+    """What must match to resume. Epochs may grow and threads may change: same math."""
+    math = config.model_dump(mode="json", exclude={"num_epochs", "num_threads", "device"})
+    return {
+        "algorithm_config": json.dumps(math, sort_keys=True),
+        "normalization_spec_sha256": spec.content_sha256,
+        "action_normalization_spec_sha256": action_spec.content_sha256,
+        "data_sha256": tensor_digest(
+            data.states,
+            data.action_features,
+            data.rewards,
+            data.not_terminal,
+            data.next_states,
+            data.next_candidates,
+            data.next_mask,
+        ),
+    }
 
 
 def _next_value(

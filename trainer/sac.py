@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -25,9 +25,7 @@ from trainer.continuous import (
     train_continuous,
     update_twin_critic,
 )
-
-if TYPE_CHECKING:
-    pass
+from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 
 LOG_STD_MIN = -5.0
 LOG_STD_MAX = 2.0
@@ -56,10 +54,13 @@ class GaussianActor(ContinuousActor):
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw_log_std) + 1.0)
         return loc, log_std
 
-    def sample(self, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reparameterised unit-box action and its log density (tanh change of variables)."""
+    def sample(self, normalized: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised unit-box action and its log density (tanh change of variables).
+
+        `noise` is the standard normal draw [B, A] (drawn by the caller, see `MinibatchShard`).
+        """
         loc, log_std = self.distribution(normalized)
-        pre_tanh = loc + log_std.exp() * torch.randn_like(loc)
+        pre_tanh = loc + log_std.exp() * noise
         unit = torch.tanh(pre_tanh)
         gaussian = -0.5 * ((pre_tanh - loc) / log_std.exp()) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
         # log(1 − tanh(u)²) computed stably as 2·(log 2 − u − softplus(−2u)).
@@ -68,10 +69,17 @@ class GaussianActor(ContinuousActor):
 
 
 class SacLearner:
-    """SAC networks, targets and optimizers; `update` is one critic step (+ actor/alpha per delay)."""
+    """SAC networks, targets and optimizers; `update` is one critic step (+ actor/alpha per delay).
 
-    def __init__(self, spec: NormalizationSpec, config: SacConfig):
+    Under DDP the critic and the actor's sampling forward are wrapped; the temperature's gradient
+    is averaged by hand (it lives outside any module).
+    """
+
+    def __init__(
+        self, spec: NormalizationSpec, config: SacConfig, distributed: DistributedContext = SINGLE_PROCESS
+    ):
         self.config = config
+        self.distributed = distributed
         self.actor = GaussianActor(spec, config)
         self.critic = TwinCritic(int(spec.output_dim), config.action_dim, config.hidden_sizes)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
@@ -83,39 +91,69 @@ class SacLearner:
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_learning_rate)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_learning_rate)
         self.steps = 0
+        self._critic = distributed.wrap(self.critic)
+        self._sample = distributed.wrap(ForwardOf(self.actor, "sample"))
 
-    def update(self, batch: ContinuousTransitions) -> dict[str, float]:
+    def update(self, batch: ContinuousTransitions, shard: MinibatchShard | None = None) -> dict[str, float]:
         config = self.config
+        shard = shard or MinibatchShard.whole(batch.n_rows)
+        scale = shard.loss_scale
+        # Drawn for the whole global batch on every process: the math does not depend on the shards.
+        noise = shard.share(torch.randn(shard.global_size, 2, config.action_dim))
         with torch.no_grad():
             state = self.actor.normalization(batch.states)
             next_state = self.actor.normalization(batch.next_states)
             alpha = self.log_alpha.exp()
-            next_action, next_log_prob = self.actor.sample(next_state)
+            next_action, next_log_prob = self.actor.sample(next_state, noise[:, 0])
             next_q = torch.min(*self.critic_target(next_state, next_action)) - alpha * next_log_prob
             y = batch.rewards + config.gamma * batch.not_terminal * next_q
 
-        metrics = update_twin_critic(self.critic, self.critic_optimizer, state, batch.actions, y)
+        metrics = update_twin_critic(self._critic, self.critic_optimizer, state, batch.actions, y, scale)
 
         self.steps += 1
         if self.steps % config.policy_delay == 0:
             self.critic.requires_grad_(False)
-            action, log_prob = self.actor.sample(state)
+            action, log_prob = self._sample(state, noise[:, 1])
             q_pi = torch.min(*self.critic(state, action))
-            actor_loss = (alpha * log_prob - q_pi).mean()
+            actor_loss = (alpha * log_prob - q_pi).sum() * scale
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
             self.critic.requires_grad_(True)
             metrics["train/actor_loss"] = float(actor_loss.detach())
-            metrics["train/entropy"] = float(-log_prob.detach().mean())
+            metrics["train/entropy"] = float(-log_prob.detach().sum() * scale)
             if config.tune_alpha:
-                alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+                alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).sum() * scale
                 self.alpha_optimizer.zero_grad(set_to_none=True)
                 alpha_loss.backward()
+                self.distributed.average_gradients([self.log_alpha])
                 self.alpha_optimizer.step()
         metrics["train/alpha"] = float(self.log_alpha.detach().exp())
         soft_update(self.critic_target, self.critic, config.target_update_tau)
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        self.steps = int(state["steps"])
 
 
 # SAC trains through the shared continuous loop (`train_continuous`); the config's `type`

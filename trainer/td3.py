@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -25,9 +25,7 @@ from trainer.continuous import (
     train_continuous,
     update_twin_critic,
 )
-
-if TYPE_CHECKING:
-    pass
+from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 
 
 class Td3Config(ContinuousConfig):
@@ -61,9 +59,14 @@ class DeterministicActor(ContinuousActor):
 
 
 class Td3Learner:
-    """TD3 networks, targets and optimizers; `update` is one critic step (+ actor every `policy_delay`)."""
+    """TD3 networks, targets and optimizers; `update` is one critic step (+ actor every `policy_delay`).
 
-    def __init__(self, spec: NormalizationSpec, config: Td3Config):
+    Under DDP the critic and the actor's forward are wrapped.
+    """
+
+    def __init__(
+        self, spec: NormalizationSpec, config: Td3Config, distributed: DistributedContext = SINGLE_PROCESS
+    ):
         self.config = config
         self.actor = DeterministicActor(spec, config)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
@@ -72,25 +75,31 @@ class Td3Learner:
         self.actor_optimizer = torch.optim.Adam(self.actor.body.parameters(), lr=config.actor_learning_rate)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_learning_rate)
         self.steps = 0
+        self._critic = distributed.wrap(self.critic)
+        self._act = distributed.wrap(ForwardOf(self.actor, "act"))
 
-    def update(self, batch: ContinuousTransitions) -> dict[str, float]:
+    def update(self, batch: ContinuousTransitions, shard: MinibatchShard | None = None) -> dict[str, float]:
         config = self.config
+        shard = shard or MinibatchShard.whole(batch.n_rows)
+        scale = shard.loss_scale
+        # Drawn for the whole global batch on every process: the math does not depend on the shards.
+        noise = shard.share(torch.randn(shard.global_size, config.action_dim))
         with torch.no_grad():
             state = self.actor.normalization(batch.states)
             next_state = self.actor.normalization(batch.next_states)
-            noise = (torch.randn_like(batch.actions) * config.target_noise_std).clamp(
+            noise = (noise * config.target_noise_std).clamp(
                 -config.target_noise_clip, config.target_noise_clip
             )
             next_action = (self.actor_target.act(next_state) + noise).clamp(-1.0, 1.0)
             next_q = torch.min(*self.critic_target(next_state, next_action))
             y = batch.rewards + config.gamma * batch.not_terminal * next_q
 
-        metrics = update_twin_critic(self.critic, self.critic_optimizer, state, batch.actions, y)
+        metrics = update_twin_critic(self._critic, self.critic_optimizer, state, batch.actions, y, scale)
 
         self.steps += 1
         if self.steps % config.policy_delay == 0:
             self.critic.requires_grad_(False)
-            actor_loss = -self.critic.q1(torch.cat([state, self.actor.act(state)], dim=1)).mean()
+            actor_loss = -self.critic.q1(torch.cat([state, self._act(state)], dim=1)).sum() * scale
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
@@ -99,6 +108,26 @@ class Td3Learner:
             soft_update(self.actor_target, self.actor, config.target_update_tau)
             soft_update(self.critic_target, self.critic, config.target_update_tau)
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.actor_target.load_state_dict(state["actor_target"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.steps = int(state["steps"])
 
 
 # TD3 trains through the shared continuous loop (`train_continuous`); the config's `type`

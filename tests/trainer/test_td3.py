@@ -16,7 +16,7 @@ from continuous_timelines import (
 
 from apps.gym_envs import TargetReachEnv
 from features import fit_normalization, frame_from_feature_maps
-from trainer import ContinuousOnnxPolicy, Td3Config, TrainerError, export_continuous_policy, train_td3
+from trainer import ContinuousOnnxPolicy, Td3Config, export_continuous_policy, train_td3
 from trainer.gym_loop import (
     GymLoopError,
     OnlineLoopConfig,
@@ -103,9 +103,3 @@ def test_loop_refuses_a_config_whose_bounds_differ_from_the_env(tmp_path: Path) 
     config = Td3Config(action_low=[-2.0], action_high=[2.0])
     with pytest.raises(GymLoopError, match="differ from env"):
         run_online(config, OnlineLoopConfig(total_env_steps=10), tmp_path, make_env=TargetReachEnv)
-
-
-def test_checkpointing_is_refused_rather_than_ignored(tmp_path: Path) -> None:
-    timelines = make_continuous_bandit_timelines(10)
-    with pytest.raises(TrainerError, match="does not support checkpoints"):
-        train_td3(timelines, fit_spec(timelines), ["a"], BANDIT_CONFIG, tmp_path, checkpoint=object())
