@@ -2,10 +2,13 @@
 reward model and fitted Q evaluation, the CPE report (JSON, HTML, TensorBoard) and the deploy gate.
 
 Estimators — one-step: DM, IPS, SNIPS, DR, SNDR, switch-DR; sequential: PDIS, sequential DR,
-WDR, MAGIC; model-based: FQE. Entry points: `evaluate_policy` (timelines + model → `CpeReport`),
-`evaluate_probabilities` (timelines + target probabilities → `CpeReport`), `gate_model`
-(report → `GateDecision`), `evaluate_and_gate` (registry version → report, decision, deploy)
-and `hold_out_mdps` (keep evaluation MDPs out of training).
+WDR, MAGIC; model-based: FQE; for continuous actions the same on kernel-smoothed weights
+(Kallus & Zhou 2018). Every action kind goes through one adapter in `evaluation.kinds`.
+Entry points: `evaluate_policy` (timelines + served model of any kind → `CpeReport`), the
+model-free `evaluate_probabilities` (discrete), `evaluate_candidate_probabilities` (parametric)
+and `evaluate_action_samples` (continuous), `gate_model` (report → `GateDecision`),
+`evaluate_and_gate` (registry version → report, decision, deploy) and `hold_out_mdps` (keep
+evaluation MDPs out of training).
 """
 
 from evaluation.config import EvaluationConfig, GateConfig
@@ -21,11 +24,24 @@ from evaluation.estimators import (
     snips,
     switch_doubly_robust,
 )
-from evaluation.evaluate import evaluate_policy, evaluate_probabilities
+from evaluation.evaluate import (
+    evaluate_action_samples,
+    evaluate_candidate_probabilities,
+    evaluate_policy,
+    evaluate_probabilities,
+)
 from evaluation.fqe import FqeFit, FqeResult, RidgeFqeConfig, fitted_q_evaluation
 from evaluation.gate import GateAlert, GateDecision, evaluate_and_gate, gate_model, record_alerts
 from evaluation.html_report import render_html, save_html_report, write_tensorboard_scalars
-from evaluation.report import ActionSummary, CpeReport, WeightHistogram, load_report, save_report
+from evaluation.kernel import KernelConfig, KernelSmoothing, kernel_weights, silverman_bandwidth
+from evaluation.report import (
+    ActionDimensionSummary,
+    ActionSummary,
+    CpeReport,
+    WeightHistogram,
+    load_report,
+    save_report,
+)
 from evaluation.reward_model import (
     CrossFitResult,
     RewardModelFit,
@@ -38,6 +54,7 @@ from evaluation.split import held_out_mask, hold_out_mdps
 __all__ = [
     "ONE_STEP_ESTIMATORS",
     "SEQUENTIAL_ESTIMATORS",
+    "ActionDimensionSummary",
     "ActionSummary",
     "CpeReport",
     "CrossFitResult",
@@ -49,6 +66,8 @@ __all__ = [
     "GateAlert",
     "GateConfig",
     "GateDecision",
+    "KernelConfig",
+    "KernelSmoothing",
     "ReportError",
     "RewardModelFit",
     "RidgeFqeConfig",
@@ -57,7 +76,9 @@ __all__ = [
     "cross_fit_reward_model",
     "direct_method",
     "doubly_robust",
+    "evaluate_action_samples",
     "evaluate_and_gate",
+    "evaluate_candidate_probabilities",
     "evaluate_policy",
     "evaluate_probabilities",
     "fitted_q_evaluation",
@@ -65,6 +86,7 @@ __all__ = [
     "held_out_mask",
     "hold_out_mdps",
     "ips",
+    "kernel_weights",
     "load_report",
     "one_step_estimates",
     "record_alerts",
@@ -74,6 +96,7 @@ __all__ = [
     "self_normalized_doubly_robust",
     "sequential_doubly_robust",
     "sequential_estimates",
+    "silverman_bandwidth",
     "snips",
     "switch_doubly_robust",
     "write_tensorboard_scalars",

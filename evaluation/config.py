@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluation.fqe import RidgeFqeConfig
+from evaluation.kernel import KernelConfig
 from evaluation.reward_model import RidgeRewardModelConfig
 
 
@@ -48,6 +49,9 @@ class EvaluationConfig(BaseModel):
     )
     reward_model: RidgeRewardModelConfig = Field(default_factory=RidgeRewardModelConfig)
     fqe: RidgeFqeConfig = Field(default_factory=RidgeFqeConfig)
+    kernel: KernelConfig = Field(
+        default_factory=KernelConfig, description="continuous actions: kernel bandwidth and target draws"
+    )
     holdout_fraction: float = Field(
         0.5,
         ge=0.0,

@@ -4,9 +4,11 @@ Pure numpy on arrays, no models and no DataFrames, so every estimator can be che
 hand-computed answers. Notation: logged propensity μ(a|x), target policy π(a|x), reward model
 q̂(x, a), importance weight w = π(a_logged|x) / μ(a_logged|x).
 
-Every estimate is reported raw and *normalized* (divided by the logged policy's value: mean
+Every estimate is reported raw and *normalized* against the logged policy's value L (mean
 logged reward per decision for one-step, mean discounted logged return per episode for
-sequential), so 1.0 reads "as good as the logged policy". Each estimator is a function of
+sequential): normalized = 1 + (V − L)/|L|, which is V/L when L > 0 and keeps "above 1.0 =
+better than the logged policy" when rewards are costs (L < 0), so 1.0 reads "as good as the
+logged policy" either way. Each estimator is a function of
 column means, so all of them share one bootstrap of the rows: percentile intervals for the
 value and for the normalized value (numerator and denominator resampled together).
 """
@@ -30,7 +32,27 @@ _MAX_INDICES_PER_CHUNK = 20_000_000
 TINY_SAMPLE = 30
 
 EstimatorName = Literal[
-    "dm", "ips", "snips", "dr", "sndr", "switch_dr", "pdis", "sequential_dr", "wdr", "magic", "fqe"
+    "dm",
+    "ips",
+    "snips",
+    "dr",
+    "sndr",
+    "switch_dr",
+    "pdis",
+    "sequential_dr",
+    "wdr",
+    "magic",
+    "fqe",
+    # Continuous actions: the same estimators on kernel-smoothed weights (`evaluation.kernel`).
+    "kernel_ips",
+    "kernel_snips",
+    "kernel_dr",
+    "kernel_sndr",
+    "kernel_switch_dr",
+    "kernel_pdis",
+    "kernel_sequential_dr",
+    "kernel_wdr",
+    "kernel_magic",
 ]
 ONE_STEP_ESTIMATORS: tuple[EstimatorName, ...] = ("dm", "ips", "snips", "dr", "sndr", "switch_dr")
 
@@ -43,7 +65,10 @@ class Estimate(BaseModel):
     schema_version: Literal[1] = 1
     estimator: EstimatorName
     value: float = Field(description="estimated mean reward per decision (per episode for sequential ones)")
-    normalized: float = Field(description="value / logged policy value; 1.0 = as good as the logged policy")
+    normalized: float = Field(
+        description="1 + (value − logged)/|logged| (= value/logged for a positive logged value); "
+        "1.0 = as good as the logged policy"
+    )
     ci_low: float
     ci_high: float
     normalized_ci_low: float
@@ -55,7 +80,7 @@ class Estimate(BaseModel):
     effective_sample_size: float | None = Field(
         description="(Σw)²/Σw² of the importance weights; None when the estimator uses none (dm, fqe)"
     )
-    min_propensity: float
+    min_propensity: float = Field(description="smallest logged propensity (a density for continuous actions)")
     max_propensity: float
     max_weight: float | None
     clipped_share: float | None = Field(
@@ -98,6 +123,12 @@ def interval(samples: np.ndarray, confidence: float) -> tuple[float, float]:
 def safe_ratio(numerator: np.ndarray | float, denominator: np.ndarray | float) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return np.divide(numerator, denominator)
+
+
+def relative_to_logged(value: np.ndarray | float, logged: np.ndarray | float) -> np.ndarray:
+    """1 + (value − logged)/|logged|: value/logged for logged > 0, still "> 1 = better" for logged < 0."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return 1.0 + np.divide(np.subtract(value, logged), np.abs(logged))
 
 
 def check_confidence(confidence: float, bootstrap_samples: int) -> None:
@@ -195,13 +226,13 @@ def bootstrapped_estimates(
             value = float(spec.value_of(point))
             boot_value = np.asarray(spec.value_of(boot), dtype=np.float64)
         ci_low, ci_high = interval(boot_value, confidence)
-        n_low, n_high = interval(safe_ratio(boot_value, boot[:, logged_column]), confidence)
+        n_low, n_high = interval(relative_to_logged(boot_value, boot[:, logged_column]), confidence)
         weights = spec.weights
         ess = None if weights is None else effective_sample_size(weights)
         estimate = Estimate(
             estimator=name,
             value=value,
-            normalized=float(safe_ratio(value, point[logged_column])),
+            normalized=float(relative_to_logged(value, point[logged_column])),
             ci_low=ci_low,
             ci_high=ci_high,
             normalized_ci_low=n_low,
@@ -230,9 +261,9 @@ def mark_reliability(estimate: Estimate) -> Estimate:
         warnings.append(
             f"{estimate.estimator}: only {estimate.n} samples (< {TINY_SAMPLE}); the interval is not meaningful"
         )
-    if not estimate.logged_value > 0.0:
+    if not abs(estimate.logged_value) > 0.0:  # NaN fails too
         warnings.append(
-            f"{estimate.estimator}: the logged value is {estimate.logged_value:.4g} ≤ 0, "
+            f"{estimate.estimator}: the logged value is {estimate.logged_value:.4g}, "
             "so the normalized value is meaningless"
         )
     ess = estimate.effective_sample_size
@@ -269,13 +300,11 @@ def _one_step(
     switch_threshold: float = 10.0,
 ) -> dict[str, Estimate]:
     pi, a, mu, r = logged_columns(target_probs, logged_action, logged_propensity, reward)
-    if not switch_threshold > 0.0:
-        raise EvaluationError(f"switch_threshold must be > 0, got {switch_threshold}")
     w = importance_weights(pi, a, mu)
     if q_hat is None:
         if any(name in ("dm", "dr", "sndr", "switch_dr") for name in names):
             raise EvaluationError(f"estimators {names} need a reward model q_hat; got None")
-        dm = residual = np.zeros_like(r)
+        dm = q_logged = None
     else:
         q = np.asarray(q_hat, dtype=np.float64)
         if q.shape != pi.shape:
@@ -283,7 +312,39 @@ def _one_step(
         if not np.all(np.isfinite(q)):
             raise EvaluationError("q_hat has non-finite values; check the reward model's inputs")
         dm = np.sum(pi * q, axis=1)
-        residual = w * (r - q[np.arange(pi.shape[0]), a])
+        q_logged = q[np.arange(pi.shape[0]), a]
+    return weighted_one_step_estimates(
+        names, w, dm, q_logged, r, mu, confidence, bootstrap_samples, seed, switch_threshold
+    )
+
+
+def weighted_one_step_estimates(
+    names: tuple[str, ...],
+    weights: np.ndarray,
+    dm: np.ndarray | None,
+    q_logged: np.ndarray | None,
+    reward: np.ndarray,
+    propensity: np.ndarray,
+    confidence: float,
+    bootstrap_samples: int,
+    seed: int,
+    switch_threshold: float = 10.0,
+) -> dict[str, Estimate]:
+    """The one-step estimators from per-decision pieces, whatever the action kind made them from.
+
+    `weights` w_i (π/μ of the logged action; kernel-smoothed for continuous actions), `dm` the
+    model value under the target E_π q̂(x_i, ·), `q_logged` q̂(x_i, a_i), `propensity` the logged
+    μ (diagnostics only). `dm`/`q_logged` may be None for IPS and SNIPS only.
+    """
+    if not switch_threshold > 0.0:
+        raise EvaluationError(f"switch_threshold must be > 0, got {switch_threshold}")
+    w = np.asarray(weights, dtype=np.float64)
+    r = np.asarray(reward, dtype=np.float64)
+    if dm is None or q_logged is None:
+        dm = residual = np.zeros_like(r)
+    else:
+        residual = w * (r - np.asarray(q_logged, dtype=np.float64))
+        dm = np.asarray(dm, dtype=np.float64)
     kept = w <= switch_threshold
     columns = np.stack([r, dm, w * r, w, residual, residual * kept], axis=1)
     specs = {
@@ -294,7 +355,9 @@ def _one_step(
         )
         for name in names
     }
-    return bootstrapped_estimates(specs, columns, mu, confidence, bootstrap_samples, seed)
+    return bootstrapped_estimates(
+        specs, columns, np.asarray(propensity, dtype=np.float64), confidence, bootstrap_samples, seed
+    )
 
 
 def direct_method(

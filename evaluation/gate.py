@@ -23,7 +23,8 @@ from evaluation.evaluate import evaluate_policy
 from evaluation.html_report import save_html_report, write_tensorboard_scalars
 from evaluation.report import CpeReport, save_report
 from features import NormalizationSpec
-from trainer import CorruptModelError, ModelRegistry, OnnxPolicy, RegistryError
+from trainer import CorruptModelError, ModelRegistry, RegistryError, TrainerError
+from trainer.onnx_policy import load_registered_policy
 
 GATE_FILE = "gate.json"
 ALERTS_FILE = "alerts.jsonl"
@@ -74,7 +75,10 @@ def _finite(*values: float | None) -> bool:
 def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig) -> GateDecision:
     """Approve only if the normalized DR lower bound ≥ threshold, ESS ≥ minimum, every estimate is
     finite, the report is reliable and (when `max_swing` is set) the DR value moved at most
-    `max_swing` relative to the previous model's report; a larger swing also raises an alert."""
+    `max_swing` relative to the previous model's report; a larger swing also raises an alert.
+
+    "DR" is the report's headline: `dr`, or `kernel_dr` (kernel-smoothed weights) for continuous
+    actions; the checks and their keys are the same for every action kind."""
     dr = report.headline_estimate
     reasons: list[str] = []
     alerts: list[GateAlert] = []
@@ -189,7 +193,8 @@ def evaluate_and_gate(
     previous_report: CpeReport | None = None,
     tensorboard_dir: Path | str | None = None,
 ) -> tuple[CpeReport | None, GateDecision]:
-    """Evaluate a registered version, gate it, write `reports_dir/<version>/{cpe_report.json,
+    """Evaluate a registered version of any action kind (loaded as served by
+    `trainer.onnx_policy.load_registered_policy`), gate it, write `reports_dir/<version>/{cpe_report.json,
     gate.json,report.html}` (+ TensorBoard scalars under `tensorboard_dir`), append alerts to
     `reports_dir/alerts.jsonl`, and deploy it only when approved. A model that fails to load or
     cannot be evaluated yields no report and a rejection.
@@ -198,8 +203,8 @@ def evaluate_and_gate(
     carries the winner's curse of being scored on its own training data."""
     out_dir = Path(reports_dir) / version
     try:
-        policy = OnnxPolicy.load(registry, version)
-    except (CorruptModelError, RegistryError) as exc:
+        policy = load_registered_policy(registry, version)
+    except (CorruptModelError, RegistryError, TrainerError, ValueError) as exc:
         decision = GateDecision(
             model_version=version,
             approved=False,

@@ -57,7 +57,11 @@ def _plots(report: CpeReport) -> dict[str, str]:
         edges = np.asarray(hist.edges)
         ax.bar(edges[:-1], hist.counts, width=np.diff(edges), align="edge", edgecolor="black")
         ax.set_xscale("log")
-        ax.set_xlabel("importance weight π/μ of the logged action")
+        ax.set_xlabel(
+            "kernel-smoothed weight K_h(π − a)/μ of the logged action"
+            if report.kernel is not None
+            else "importance weight π/μ of the logged action"
+        )
         ax.set_ylabel("decisions")
         ax.set_title(f"Weight distribution ({hist.zeros} decisions with weight 0)")
         plots["weights"] = _png(fig)
@@ -82,6 +86,21 @@ def _plots(report: CpeReport) -> dict[str, str]:
         right.set_title("Value of each action")
         right.legend()
         plots["actions"] = _png(fig)
+
+    if report.action_dimensions:
+        dims = report.action_dimensions
+        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(dims) + 2), 3))
+        x = np.arange(len(dims))
+        ax.bar(x - 0.2, [d.logged_mean for d in dims], 0.4, yerr=[d.logged_std for d in dims], label="logged")
+        ax.bar(
+            x + 0.2, [d.target_mean for d in dims], 0.4, yerr=[d.target_std for d in dims], label="new policy"
+        )
+        ax.set_xticks(x, [d.name for d in dims])
+        ax.set_title(
+            "Mean ± std per action dimension" if report.kernel else "Chosen candidates' features, mean ± std"
+        )
+        ax.legend()
+        plots["action_dimensions"] = _png(fig)
     return plots
 
 
@@ -109,6 +128,32 @@ def render_html(
         f"<td>{_fmt(a.logged_mean_reward)}</td><td>{_fmt(a.model_mean_reward)}</td></tr>"
         for a in report.actions
     )
+    dimension_rows = "".join(
+        f"<tr><td>{esc(d.name)}</td><td>{_fmt(d.logged_mean)}</td><td>{_fmt(d.logged_std)}</td>"
+        f"<td>{_fmt(d.target_mean)}</td><td>{_fmt(d.target_std)}</td></tr>"
+        for d in report.action_dimensions
+    )
+    dimension_table = (
+        "<h2>Action dimensions</h2><table><tr><th>dimension / candidate feature</th><th>logged mean</th>"
+        f"<th>logged std</th><th>new policy mean</th><th>new policy std</th></tr>{dimension_rows}</table>"
+        if dimension_rows
+        else ""
+    )
+    action_table = (
+        "<h2>Actions</h2><table><tr><th>action</th><th>logged share</th><th>new policy share</th>"
+        f"<th>logged mean reward</th><th>reward model mean</th></tr>{action_rows}</table>"
+        if action_rows
+        else ""
+    )
+    kernel = report.kernel
+    kernel_text = (
+        ""
+        if kernel is None
+        else f"<p>Continuous actions: weights are kernel-smoothed (Kallus &amp; Zhou 2018), {esc(kernel.kernel)} "
+        f"kernel, bandwidth {esc(', '.join(_fmt(h) for h in kernel.bandwidth))} by the rule {esc(kernel.rule)}, "
+        f"{kernel.target_samples} draws of the new policy per decision; effective sample size of the weights "
+        f"{_fmt(kernel.effective_sample_size, 5)} of {kernel.n} decisions.</p>"
+    )
     images = "".join(f'<p><img alt="{esc(k)}" src="data:image/png;base64,{v}"></p>' for k, v in plots.items())
     reason_list = "".join(f"<li>{esc(r)}</li>" for r in reasons or [])
     warning_list = "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
@@ -129,16 +174,17 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 Logged policy: {_fmt(report.logged_value)} mean reward per decision, {_fmt(report.logged_episode_value)}
 discounted return per episode (γ = {report.gamma}). The gate judges <b>{esc(report.headline)}</b>
 (normalized lower bound {_fmt(headline.normalized_ci_low, 3)}×).</p>
-<p>How to read it: 1.0× means "as good as the logged policy". One-step estimators (dm … switch_dr) value a
+<p>How to read it: 1.0× means "as good as the logged policy" (normalized = 1 + (value − logged)/|logged|, so
+above 1 is better also when rewards are costs). One-step estimators (dm … switch_dr) value a
 single decision; sequential ones (pdis … magic, fqe) value a whole episode. An estimator is only as good as
 its effective sample size: far below the number of decisions, the new policy acts unlike the logged one.</p>
+{kernel_text}
 {images}
 <h2>Estimates</h2>
 <table><tr><th>estimator</th><th>value</th><th>interval</th><th>normalized</th><th>normalized interval</th>
 <th>ESS</th><th>max weight</th><th>clipped share</th><th>reliable</th></tr>{rows}</table>
-<h2>Actions</h2>
-<table><tr><th>action</th><th>logged share</th><th>new policy share</th><th>logged mean reward</th>
-<th>reward model mean</th></tr>{action_rows}</table>
+{action_table}
+{dimension_table}
 <h2>Models behind DM/DR and the sequential estimators</h2>
 <p>Reward model ({esc(report.reward_model.model_type)}, {report.reward_model.folds}-fold cross-fitted):
 held-out RMSE {_fmt(report.reward_model.rmse)}, R² {_fmt(report.reward_model.r2, 3)}.
@@ -164,7 +210,8 @@ def save_html_report(
 
 
 def write_tensorboard_scalars(report: CpeReport, log_dir: Path | str, step: int = 0) -> Path:
-    """`cpe/<estimator>/{value,normalized,ci_low,ci_high,ess}` and `cpe/logged_value` under `log_dir`."""
+    """`cpe/<estimator>/{value,normalized,ci_low,ci_high,ess}`, `cpe/logged_value` and, for continuous
+    actions, `cpe/kernel/{ess,bandwidth_<j>}` under `log_dir`."""
     from tensorboardX import SummaryWriter  # imports torch (~3 s): only when asked for
 
     log_dir = Path(log_dir)
@@ -178,4 +225,8 @@ def write_tensorboard_scalars(report: CpeReport, log_dir: Path | str, step: int 
             writer.add_scalar(f"cpe/{name}/ci_high", e.ci_high, step)
             if e.effective_sample_size is not None:
                 writer.add_scalar(f"cpe/{name}/ess", e.effective_sample_size, step)
+        if report.kernel is not None:
+            writer.add_scalar("cpe/kernel/ess", report.kernel.effective_sample_size, step)
+            for j, h in enumerate(report.kernel.bandwidth):
+                writer.add_scalar(f"cpe/kernel/bandwidth_{j}", h, step)
     return log_dir

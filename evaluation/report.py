@@ -13,13 +13,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts import ActionKind
 from evaluation.errors import ReportError
 from evaluation.estimators import Estimate
 from evaluation.fqe import FqeFit
+from evaluation.kernel import KernelSmoothing
 from evaluation.reward_model import RewardModelFit
 
 REPORT_FILE = "cpe_report.json"
-HEADLINE_ESTIMATOR = "dr"
+HEADLINE_ESTIMATOR = "dr"  # kernel_dr for continuous actions (`evaluation.kinds.continuous`)
 
 
 class ActionSummary(BaseModel):
@@ -32,6 +34,22 @@ class ActionSummary(BaseModel):
     target_share: float = Field(description="mean probability the target policy gives this action")
     logged_mean_reward: float | None = Field(description="mean reward where it was logged; None if never")
     model_mean_reward: float = Field(description="mean q̂(x, action) over all logged contexts")
+
+
+class ActionDimensionSummary(BaseModel):
+    """One action dimension (continuous) or candidate feature (parametric): logged vs target use.
+
+    Continuous: the logged action vs the target's draws in that dimension. Parametric: the chosen
+    candidate's feature vs its expectation over the candidates under the target's probabilities.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
+
+    name: str
+    logged_mean: float
+    target_mean: float
+    logged_std: float
+    target_std: float
 
 
 class WeightHistogram(BaseModel):
@@ -51,6 +69,7 @@ class CpeReport(BaseModel):
 
     schema_version: Literal[1] = 1
     model_version: str
+    action_kind: ActionKind = ActionKind.DISCRETE
     logged_policy_versions: list[str]
     n_decisions: int
     n_episodes: int
@@ -61,7 +80,12 @@ class CpeReport(BaseModel):
     headline: str = Field(HEADLINE_ESTIMATOR, description="key of the estimate the gate judges")
     reward_model: RewardModelFit
     fqe: FqeFit | None = None
-    actions: list[ActionSummary] = Field(default_factory=list)
+    actions: list[ActionSummary] = Field(default_factory=list, description="per action (discrete)")
+    action_dimensions: list[ActionDimensionSummary] = Field(
+        default_factory=list,
+        description="per action dimension (continuous) or candidate feature (parametric)",
+    )
+    kernel: KernelSmoothing | None = Field(None, description="the kernel behind the weights (continuous)")
     weight_histogram: WeightHistogram | None = None
     reliable: bool
     warnings: list[str] = Field(default_factory=list)

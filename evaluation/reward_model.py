@@ -50,7 +50,7 @@ class CrossFitResult:
     fit: RewardModelFit
 
 
-def _fit_ridge(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
+def fit_ridge(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
     """Slopes and intercept of ridge regression with an unpenalized intercept (centred solve)."""
     x_mean = x.mean(axis=0)
     y_mean = float(y.mean())
@@ -64,13 +64,13 @@ def fit_action_heads(
     x: np.ndarray, action: np.ndarray, y: np.ndarray, n_actions: int, config: RidgeRewardModelConfig
 ) -> tuple[np.ndarray, np.ndarray]:
     """[F, A] slopes and [A] intercepts; sparse actions fall back to the pooled (all-action) fit."""
-    pooled_beta, pooled_intercept = _fit_ridge(x, y, config.l2)
+    pooled_beta, pooled_intercept = fit_ridge(x, y, config.l2)
     betas = np.tile(pooled_beta[:, None], (1, n_actions))
     intercepts = np.full(n_actions, pooled_intercept)
     for a in range(n_actions):
         rows = action == a
         if rows.sum() >= config.min_rows_per_action:
-            betas[:, a], intercepts[a] = _fit_ridge(x[rows], y[rows], config.l2)
+            betas[:, a], intercepts[a] = fit_ridge(x[rows], y[rows], config.l2)
     return betas, intercepts
 
 

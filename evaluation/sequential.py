@@ -122,10 +122,58 @@ def sequential_estimates(
         raise EvaluationError(f"unknown sequential estimators {unknown}; choose from {SEQUENTIAL_ESTIMATORS}")
     pi, a, mu, r = logged_columns(target_probs, logged_action, logged_propensity, reward)
     q = np.asarray(q_hat, dtype=np.float64)
-    n = pi.shape[0]
     if q.shape != pi.shape:
         raise EvaluationError(f"q_hat {q.shape} must have the shape of target_probs {pi.shape}")
     if not np.all(np.isfinite(q)):
+        raise EvaluationError("q_hat has non-finite values; check the reward or FQE model's inputs")
+    rows = np.arange(pi.shape[0])
+    return weighted_sequential_estimates(
+        episode_index,
+        importance_weights(pi, a, mu),
+        np.sum(pi * q, axis=1),
+        q[rows, a],
+        r,
+        mu,
+        gamma,
+        confidence=confidence,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        names=names,
+    )
+
+
+def weighted_sequential_estimates(
+    episode_index: np.ndarray,
+    rho: np.ndarray,
+    v_hat: np.ndarray,
+    q_logged: np.ndarray,
+    reward: np.ndarray,
+    propensity: np.ndarray,
+    gamma: float,
+    *,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 200,
+    seed: int = 0,
+    names: tuple[str, ...] = SEQUENTIAL_ESTIMATORS,
+) -> dict[str, Estimate]:
+    """The sequential estimators from per-decision pieces, whatever the action kind made them from.
+
+    `rho` the per-step weight of the logged action (kernel-smoothed for continuous actions),
+    `v_hat` E_π q̂(x_t, ·), `q_logged` q̂(x_t, a_t), `propensity` the logged μ (diagnostics only).
+    """
+    unknown = [n for n in names if n not in SEQUENTIAL_ESTIMATORS]
+    if unknown:
+        raise EvaluationError(f"unknown sequential estimators {unknown}; choose from {SEQUENTIAL_ESTIMATORS}")
+    rho = np.asarray(rho, dtype=np.float64)
+    v_hat = np.asarray(v_hat, dtype=np.float64)
+    q_logged = np.asarray(q_logged, dtype=np.float64)
+    r = np.asarray(reward, dtype=np.float64)
+    mu = np.asarray(propensity, dtype=np.float64)
+    n = rho.shape[0]
+    for name, arr in (("v_hat", v_hat), ("q_logged", q_logged), ("reward", r), ("propensity", mu)):
+        if arr.shape != (n,):
+            raise EvaluationError(f"{name} must have shape ({n},) to match rho, got {arr.shape}")
+    if not (np.all(np.isfinite(v_hat)) and np.all(np.isfinite(q_logged))):
         raise EvaluationError("q_hat has non-finite values; check the reward or FQE model's inputs")
     if not 0.0 <= gamma <= 1.0:
         raise EvaluationError(f"gamma must be in [0, 1], got {gamma}")
@@ -134,14 +182,11 @@ def sequential_estimates(
     starts, step, lengths = _episode_layout(ep, n)
     n_episodes, horizon = lengths.size, int(lengths.max())
 
-    rho = importance_weights(pi, a, mu)
     w = cumulative_weights(ep, rho, starts)
     w_prev = np.where(step == 0, 1.0, np.r_[1.0, w[:-1]])
-    rows = np.arange(n)
     discount = gamma**step
-    v_hat = np.sum(pi * q, axis=1)
     with np.errstate(invalid="ignore", over="ignore"):
-        a_term = discount * w * (r - q[rows, a])  # γ^t w_t (r_t − q̂_t)
+        a_term = discount * w * (r - q_logged)  # γ^t w_t (r_t − q̂_t)
         b_term = discount * w_prev * v_hat  # γ^t w_{t−1} v̂_t
         pdis = np.bincount(ep, weights=discount * w * r, minlength=n_episodes)
     seq_dr = np.bincount(ep, weights=a_term + b_term, minlength=n_episodes)
