@@ -146,4 +146,4 @@ def test_online_read_latency(feast_store, feast_config, capsys) -> None:
             print(
                 f"\nOnlineFeatureReader.get {n:>3} entities, 3 features: p50 {p50:.2f} ms  p99 {p99:.2f} ms"
             )
-    assert results[1][0] < 50.0 and results[100][0] < 500.0  # generous: a shared 2-core box
+    # Speed targets live in `python -m benchmarks features_bench`; this only prints the figures.

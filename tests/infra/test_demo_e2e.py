@@ -1,10 +1,11 @@
 """The whole loop on the real stack: broker, Redis, Spark, Feast, onnxruntime, faust.
 
-A small population for two days: day 0 served by the hand-written rule through serving,
-decisions and rewards through Kafka, timelines from Spark, a nightly refresh that trains,
-evaluates and gates; day 1 served by whatever the gate left deployed. Every night's candidate
-must beat the rule on the simulator's exact expected reward, and day 1's realized reward must
-be that of the model the gate left serving.
+A small population for two days: on day 0 no model exists, the app decides with its own
+hand-written rule and logs each decision through serving's log-only `POST /v1/decisions`;
+decisions and rewards go through Kafka, timelines come from Spark, a nightly refresh trains,
+evaluates and gates; day 1 is served by the model the gate deployed (or the rule again, if it
+rejected). Every night's candidate must beat the rule on the simulator's exact expected reward,
+and day 1's realized reward must be that of the policy the gate left in charge.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from apps.notifications import ACTIONS, FEATURE_NAMES, SEND, NotificationSim, SendProbability, mdp_id_for
+from apps.rule_policy import RULE_POLICY
 from infra.config import load_config
 from infra.demo import run_demo
 from infra.environment import Environment
@@ -107,7 +109,8 @@ def test_summary_json_is_the_table(demo_run) -> None:
 def test_gate_decides_what_serves_next_day(demo_run) -> None:
     run_dir, summaries, _, _ = demo_run
     registry = ModelRegistry(run_dir / "registry")
-    assert len(registry.list_versions()) == 1 + DAYS  # the rule + one candidate per night
+    assert len(registry.list_versions()) == DAYS  # one candidate per night; the rule is no model
+    assert summaries[0].model_version == RULE_POLICY
     first_night = summaries[0]
     expected_day1 = (
         first_night.candidate_version if first_night.gate == "approved" else summaries[0].model_version
@@ -155,8 +158,8 @@ def test_the_loop_learns_and_the_gate_decides_who_serves(demo_run) -> None:
         return sim.policy_value(day, _served_send_probability(OnnxPolicy.load(registry, version)))
 
     rule_version = summaries[0].model_version
-    rule_value = exact_value(rule_version)
-    # The rule exported to ONNX is the rule the simulator states in numpy (the table's baseline).
+    rule_value = sim.policy_value(day, sim.rule().send_probability)
+    # The table's baseline is the rule's exact value on the same users.
     assert rule_value == pytest.approx(summaries[1].logging_reward, abs=1e-9)
     oracle_value = sim.oracle_value(day)
     assert oracle_value > rule_value
@@ -194,3 +197,24 @@ def test_the_loop_learns_and_the_gate_decides_who_serves(demo_run) -> None:
     # lower bound 1.10), rule 0.4077, candidate 0.4600 (exact), day-1 realized 0.4370 (+0.029).
     assert first_night.gate == "approved", first_night.gate_reasons
     assert day1.realized_reward >= rule_value + REALIZED_MARGIN
+
+
+def test_day0_logs_the_rules_decisions_with_their_exact_propensities(demo_run) -> None:
+    """What `/v1/decisions` logged on day 0 is the app's rule: its label, and for every decision the
+    probability the rule gives the logged action in the logged state (recomputed here by hand)."""
+    run_dir, _, _, config = demo_run
+    timelines = load_timelines(run_dir / "timelines")
+    day0 = timelines[timelines["mdp_id"].str.endswith(mdp_id_for("", 0))]
+    assert len(day0) == USERS * 4
+    assert set(day0["model_version"]) == {RULE_POLICY}
+    simulator = config.demo.simulator
+    eps = simulator.rule_epsilon
+    for state, action, propensity in zip(
+        day0["state_features"], day0["action"], day0["action_probability"], strict=True
+    ):
+        state = dict(state)
+        greedy_send = (
+            state["active_days_7d"] <= simulator.rule_max_active_days and state["sent_previous_slot"] == 0
+        )
+        p_send = 1 - eps / 2 if greedy_send else eps / 2
+        assert propensity == pytest.approx(p_send if action == SEND else 1 - p_send, abs=1e-12)

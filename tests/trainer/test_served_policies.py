@@ -26,7 +26,6 @@ from trainer import (
     ParametricPolicy,
     PolicyInputError,
     PolicyOutputError,
-    PolicySignatureError,
     SacConfig,
     Td3Config,
     load_policy,
@@ -38,7 +37,6 @@ from trainer.artifact import (
     CONTINUOUS_OUTPUTS,
     EXPLORATION_WIDTH_OUTPUT,
     FEATURES_INPUT,
-    MASK_INPUT,
     PROBS_OUTPUT,
     Q_OUTPUT,
     REWARD_MEAN_OUTPUT,
@@ -48,12 +46,15 @@ from trainer.artifact import (
 from trainer.bandits import LinearBandit, export_bandit, thompson_choice
 from trainer.continuous_export import export_continuous_policy
 from trainer.dqn import QNetwork
+from trainer.errors import SignatureMismatchError
 from trainer.export import export_model
 from trainer.parametric_dqn import ParametricQNetwork, export_parametric_model
 from trainer.policies._common import sample_categorical
+from trainer.policies.discrete import SERVED_DISTRIBUTIONS
 from trainer.policies.thompson import thompson_probabilities
 from trainer.policy import EpsilonGreedyExploration, GreedyExploration, SoftmaxExploration
 from trainer.sac import GaussianActor
+from trainer.signatures import check_signature, required_outputs
 from trainer.td3 import DeterministicActor
 
 ACTIONS = ["a", "b", "c"]
@@ -457,7 +458,11 @@ def test_continuous_probe_refuses_metadata_bounds_the_graph_does_not_respect(tmp
     shifted, _ = _continuous_policy(tmp_path, "td3", action_low=[-2.0, 20.0], action_high=[2.0, 30.0])
     with pytest.raises(ValueError, match="outside"):
         shifted.probe()
-    with pytest.raises(PolicySignatureError, match="one per action"):
+    with pytest.raises(
+        SignatureMismatchError,
+        match=r"\(kind continuous\) metadata algorithm_config.action_low is \[-1.0\]; expected 2 finite "
+        r"number\(s\), one per action dimension \['steer', 'throttle'\]",
+    ):
         _continuous_policy(tmp_path, "td3", action_low=[-1.0], action_high=[1.0])
 
 
@@ -467,9 +472,11 @@ def test_continuous_probe_refuses_metadata_bounds_the_graph_does_not_respect(tmp
 def test_the_table_has_one_class_per_kind_and_refuses_mismatched_graphs(tmp_path, parametric) -> None:
     assert {kind: cls.kind for kind, cls in POLICY_TYPES.items()} == {kind: kind for kind in ActionKind}
     policy, _ = parametric
-    with pytest.raises(PolicySignatureError, match="action_kind 'parametric'"):
+    with pytest.raises(SignatureMismatchError, match="action_kind 'parametric'") as error:
         DiscretePolicy(policy.path, policy.metadata)
-    # A DQN graph registered as linear Thompson lacks the posterior outputs Thompson draws from.
+    assert error.value.expected == "discrete" and error.value.action_kind is ActionKind.PARAMETRIC
+    # A DQN graph registered as linear Thompson lacks the posterior outputs Thompson draws from:
+    # the policy refuses it at load with the error and the message deploy gives (one table).
     spec = _spec(["x0", "x1"], 9)
     path, metadata = _write(
         tmp_path,
@@ -478,16 +485,51 @@ def test_the_table_has_one_class_per_kind_and_refuses_mismatched_graphs(tmp_path
         feature_names=list(spec.feature_names),
         actions=ACTIONS,
     )
-    with pytest.raises(
-        PolicySignatureError, match=r"lacks graph outputs \['reward_mean', 'exploration_width'\]"
-    ):
+    with pytest.raises(SignatureMismatchError) as at_load:
         load_policy(path, metadata)
-    # Continuous metadata over a discrete graph: the inputs/outputs are named in the error.
+    assert str(at_load.value) == (
+        f"model {metadata.version} (kind discrete) lacks output(s) ['reward_mean', 'exploration_width'] "
+        "(float32 [batch, n_actions]); serving a 'linear_thompson' model of kind discrete needs outputs "
+        "['q_values', 'action_probabilities', 'reward_mean', 'exploration_width'], the graph has "
+        "['q_values', 'action_probabilities']"
+    )
+    assert at_load.value.tensor == "reward_mean" and at_load.value.expected == "float32 [batch, n_actions=3]"
+    with pytest.raises(SignatureMismatchError) as at_deploy:
+        check_signature(metadata, path)
+    assert str(at_deploy.value) == str(at_load.value)
+    # Continuous metadata over a discrete graph: the input serving would not feed is named.
     continuous_metadata = metadata.model_copy(
         update={"action_kind": ActionKind.CONTINUOUS, "algorithm": "sac", "actions": ["steer"]}
     ).model_copy(update={"algorithm_config": {"action_low": [-1.0], "action_high": [1.0]}})
-    with pytest.raises(PolicySignatureError, match=r"lacks graph outputs \['action_mean'"):
+    with pytest.raises(
+        SignatureMismatchError,
+        match=r"\(kind continuous\) has input\(s\) \['possible_actions_mask'\] that serving does not feed; "
+        r"the continuous serving contract has inputs \['features'\]",
+    ):
         load_policy(path, continuous_metadata)
+    # A graph of the wrong width is refused at load too, naming the input and the expected shape.
+    with pytest.raises(
+        SignatureMismatchError,
+        match=r"input 'features' has shape \['batch', 2\]; expected float32 \[batch, n_features=3\]",
+    ):
+        load_policy(
+            path, metadata.model_copy(update={"algorithm": "dqn", "feature_names": ["x0", "x1", "x2"]})
+        )
+
+
+def test_every_served_distribution_reads_only_outputs_the_signature_requires() -> None:
+    """The discrete rules (`SERVED_DISTRIBUTIONS`) read outputs the load-time check has made sure of."""
+    for algorithm, rule in SERVED_DISTRIBUTIONS.items():
+        metadata = ModelMetadata(
+            version="m0001-rule",
+            created_at=datetime.now(UTC),
+            onnx_sha256="0" * 64,
+            algorithm=algorithm,
+            feature_names=["x"],
+            actions=ACTIONS,
+        )
+        assert set(rule.outputs) <= {t.name for t in required_outputs(metadata)}, algorithm
+    assert SERVED_DISTRIBUTIONS["linear_thompson"].outputs == (REWARD_MEAN_OUTPUT, EXPLORATION_WIDTH_OUTPUT)
 
 
 def test_registered_versions_load_through_the_table(tmp_path) -> None:
@@ -509,9 +551,12 @@ def test_registered_versions_load_through_the_table(tmp_path) -> None:
 
 def test_rows_without_a_distribution_are_named_not_sampled(thompson) -> None:
     policy, _ = thompson
-    inputs, outputs = POLICY_TYPES[ActionKind.DISCRETE].signature(policy.metadata)
-    assert inputs == (FEATURES_INPUT, MASK_INPUT)
-    assert outputs == (Q_OUTPUT, REWARD_MEAN_OUTPUT, EXPLORATION_WIDTH_OUTPUT)
+    assert [t.name for t in required_outputs(policy.metadata)] == [
+        Q_OUTPUT,
+        PROBS_OUTPUT,
+        REWARD_MEAN_OUTPUT,
+        EXPLORATION_WIDTH_OUTPUT,
+    ]
     probabilities = np.array([[0.5, 0.5], [np.nan, np.nan], [1.0, 0.0]])
     with pytest.raises(PolicyOutputError, match=r"rows \[1\]") as error:
         sample_categorical(probabilities, np.random.default_rng(0), "m0001-test")

@@ -247,8 +247,9 @@ BAD: dict[str, tuple[Callable[[ModelRegistry], str], str, str | None]] = {
     ),
     "thompson without posterior": (
         lambda r: _register(r, discrete_onnx(), algorithm="linear_thompson"),
-        r"lacks output 'reward_mean' \(float32 \[batch, n_actions\]\); serving a 'linear_thompson' model of "
-        r"kind discrete needs outputs \['q_values', 'action_probabilities', 'reward_mean', 'exploration_width'\]",
+        r"lacks output\(s\) \['reward_mean', 'exploration_width'\] \(float32 \[batch, n_actions\]\); serving a "
+        r"'linear_thompson' model of kind discrete needs outputs \['q_values', 'action_probabilities', "
+        r"'reward_mean', 'exploration_width'\], the graph has \['q_values', 'action_probabilities'\]",
         "reward_mean",
     ),
     "discrete graph registered as continuous": (
