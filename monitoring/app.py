@@ -17,7 +17,9 @@ partition), so the timer never writes: it sends small "tick"/"expire" records ke
 data they concern, which land on the right partition and are handled by the agents.
 Processing is at-least-once (faust's exactly_once needs transactions aiokafka cannot do on
 Tansu): after a crash a window may be published twice with the same revision.
-Invalid decisions are counted and skipped here; the stream job dead-letters them.
+Invalid decisions are counted and skipped here; the stream job dead-letters them. A valid
+decision travels between agents as the digest of its action kind (`monitoring.metrics`), so the
+agents never branch on the kind.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pydantic import ValidationError
 
 from contracts import DecisionEvent, RewardEvent
 from monitoring.config import MonitoringConfig
-from monitoring.metrics import VersionWindows
+from monitoring.metrics import DECISION_DIGEST, DecisionDigest, VersionWindows, digest_decision
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,15 @@ class MonitorStats:
 
 def _broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
+
+
+def _decision_digest(item: dict[str, Any]) -> DecisionDigest:
+    """The digest an ingest agent sent; items queued by an older worker carry a discrete choice."""
+    if "decision" not in item:
+        return DECISION_DIGEST.validate_python(
+            {"kind": "discrete", "action": item["action"], "propensity": item["propensity"]}
+        )
+    return DECISION_DIGEST.validate_python(item["decision"])
 
 
 def create_app(config: MonitoringConfig) -> faust.App:
@@ -123,8 +134,7 @@ def create_app(config: MonitoringConfig) -> faust.App:
                     "request_id": event.request_id,
                     "model_version": event.model_version,
                     "timestamp": event.timestamp.isoformat(),
-                    "action": event.action,
-                    "propensity": event.action_probability,
+                    "decision": digest_decision(event).model_dump(mode="json"),
                 },
             )
 
@@ -216,7 +226,7 @@ def create_app(config: MonitoringConfig) -> faust.App:
             kind = item["kind"]
             if kind == "decision":
                 accepted = state.add_decision(
-                    datetime.fromisoformat(item["timestamp"]), item["action"], item["propensity"], now
+                    datetime.fromisoformat(item["timestamp"]), _decision_digest(item), now
                 )
                 stats.late_events += not accepted
             elif kind == "reward":

@@ -33,6 +33,10 @@ class MonitoringConfig(BaseModel):
     web_port: int = Field(default=6066, ge=1, le=65535)
     data_dir: Path = Path(".streamrl/monitor")
     min_propensity: float = Field(default=0.01, ge=0, le=1)
+    # Continuous decisions logged with a smaller log density raise a low_density alert. Off by
+    # default: a density has the inverse units of the action box, so no one threshold fits every
+    # model (a uniform policy over [-2, 2] has log density -1.39; over [-2, 2]^6, -8.3).
+    min_log_density: float | None = None
     max_reward_drop: float = Field(default=0.5, gt=0)
     loglevel: Literal["debug", "info", "warning", "error"] = "warning"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
@@ -17,6 +17,7 @@ from kafka.errors import KafkaError
 from pydantic import ValidationError
 from tabulate import tabulate
 
+from contracts import ActionKind
 from monitoring.app import create_app
 from monitoring.config import MonitoringConfig
 from monitoring.errors import MonitoringError
@@ -126,10 +127,43 @@ def latest_revisions(windows: Iterable[MetricsWindow]) -> list[MetricsWindow]:
     return sorted(latest.values(), key=lambda w: (w.window_start, w.model_version))
 
 
-def _format_mix(action_counts: dict[str, int], decisions: int) -> str:
-    if not decisions:
-        return "-"
-    return " ".join(f"{action}:{count / decisions:.0%}" for action, count in sorted(action_counts.items()))
+def _discrete_actions(window: MetricsWindow) -> str | None:
+    discrete = sum(window.action_counts.values())
+    if not discrete:
+        return None
+    return " ".join(
+        f"{action}:{count / discrete:.0%}" for action, count in sorted(window.action_counts.items())
+    )
+
+
+def _parametric_actions(window: MetricsWindow) -> str | None:
+    summary = window.parametric
+    if summary is None:
+        return None
+    return f"parametric:{summary.decisions} of {summary.mean_candidates:.3g} candidates"
+
+
+def _continuous_actions(window: MetricsWindow) -> str | None:
+    summary = window.continuous
+    if summary is None:
+        return None
+    dims = " ".join(
+        f"{name}:{mean:.3g}±{summary.action_std[name]:.3g}" for name, mean in summary.action_mean.items()
+    )
+    return f"{dims} min_logdens:{summary.min_log_density:.3g}"
+
+
+# What the "actions" column shows of each kind's decisions (None when the window has none of it).
+_ACTION_SUMMARIES: dict[ActionKind, Callable[[MetricsWindow], str | None]] = {
+    ActionKind.DISCRETE: _discrete_actions,
+    ActionKind.PARAMETRIC: _parametric_actions,
+    ActionKind.CONTINUOUS: _continuous_actions,
+}
+
+
+def _format_actions(window: MetricsWindow) -> str:
+    shown = (summarize(window) for summarize in _ACTION_SUMMARIES.values())
+    return " | ".join(text for text in shown if text is not None) or "-"
 
 
 _TABLE_HEADERS = (
@@ -137,7 +171,7 @@ _TABLE_HEADERS = (
     "model_version",
     "rev",
     "decisions",
-    "action mix",
+    "actions",
     "rewards",
     "mean_reward",
     "min_prop",
@@ -154,7 +188,7 @@ def format_metrics_table(windows: Iterable[MetricsWindow]) -> str:
             w.model_version,
             w.revision,
             w.decisions,
-            _format_mix(w.action_counts, w.decisions),
+            _format_actions(w),
             w.rewards,
             w.mean_reward,
             w.min_propensity,

@@ -18,8 +18,16 @@ import httpx
 import pytest
 from kafka import KafkaProducer
 
-from contracts import DecisionEvent, RewardEvent, Topics
-from monitoring import AlertKind, MetricsWindow, MonitoringConfig, latest_revisions, tail_metrics
+from contracts import ActionKind, DecisionEvent, RewardEvent, Topics
+from monitoring import (
+    AlertKind,
+    ContinuousWindow,
+    MetricsWindow,
+    MonitoringConfig,
+    ParametricWindow,
+    latest_revisions,
+    tail_metrics,
+)
 
 ACTIONS = ["a", "b", "c"]
 
@@ -84,6 +92,7 @@ def worker(local_stack: Any, topics: Topics, tmp_path: Path) -> Iterator[Worker]
         allowed_lateness_s=0,
         emit_interval_s=0.5,
         reward_hold_s=5,
+        min_log_density=-3.0,
         web_port=_free_port(),
         data_dir=tmp_path / "faust",
     )
@@ -116,6 +125,9 @@ class Logger:
             action_probability=propensity,
             model_version=version,
         )
+        self.send(event)
+
+    def send(self, event: DecisionEvent) -> None:
         self.raw(self.topics.decisions, event.mdp_id, event.to_json_bytes())
 
     def reward(self, request_id: str, at: datetime, reward: float) -> None:
@@ -206,3 +218,92 @@ def test_two_versions_exact_windows_alerts_and_reward_attribution(
     assert stats["decisions"] == 10 and stats["rewards"] == 10
     assert stats["pending_requests"] == 0 and stats["late_events"] == 0
     assert worker.stop() == 0
+
+
+def test_parametric_and_continuous_decisions_give_their_kind_summaries(
+    worker: Worker, local_stack: Any, topics: Topics
+) -> None:
+    servers = local_stack.bootstrap_servers
+    now = datetime.now(UTC)
+    w0 = datetime.fromtimestamp(math.floor(now.timestamp() / 60) * 60, UTC) - timedelta(minutes=10)
+    log = Logger(servers, topics)
+
+    def decision(request_id: str, version: str, kind: ActionKind, **choice: Any) -> None:
+        log.send(
+            DecisionEvent(
+                action_kind=kind,
+                request_id=request_id,
+                entity_id="user-1",
+                mdp_id=f"mdp-{request_id}",
+                sequence_number=0,
+                timestamp=w0 + timedelta(seconds=1),
+                context_features={"x": 1.0},
+                model_version=version,
+                **choice,
+            )
+        )
+
+    for request_id, candidates, chosen, p in [("p-0", 4, "i2", 0.4), ("p-1", 2, "i1", 0.5)]:
+        items = [f"i{i}" for i in range(candidates)]
+        features = [{"price": float(i)} for i in range(candidates)]
+        decision(
+            request_id,
+            "pdqn",
+            ActionKind.PARAMETRIC,
+            possible_actions=items,
+            candidate_features=features,
+            action=chosen,
+            action_probability=p,
+        )
+    for request_id, torque, log_density in [("c-0", 0.5, -0.25), ("c-1", -1.5, -3.5)]:
+        decision(
+            request_id,
+            "sac",
+            ActionKind.CONTINUOUS,
+            possible_actions=["torque"],
+            action_vector=[torque],
+            action_log_density=log_density,
+        )
+    log.reward("c-0", w0 + timedelta(seconds=30), 2.0)
+
+    # pdqn: 4 and 2 candidates, smallest propensity 0.4. sac: torque 0.5 and -1.5 (mean -0.5,
+    # population std 1), log densities -0.25 and -3.5 (mean -1.875, below the -3 alert threshold).
+    expected = {
+        ("pdqn", w0): dict(
+            decisions=2,
+            action_counts={},
+            min_propensity=0.4,
+            parametric=ParametricWindow(decisions=2, mean_candidates=3.0),
+            continuous=None,
+            rewards=0,
+        ),
+        ("sac", w0): dict(
+            decisions=2,
+            action_counts={},
+            min_propensity=None,
+            parametric=None,
+            continuous=ContinuousWindow(
+                decisions=2,
+                action_mean={"torque": -0.5},
+                action_std={"torque": 1.0},
+                min_log_density=-3.5,
+                mean_log_density=-1.875,
+            ),
+            rewards=1,
+            mean_reward=2.0,
+        ),
+    }
+
+    def windows_match() -> Any:
+        latest = _latest(servers, topics.metrics)
+        ok = all(
+            key in latest and all(getattr(latest[key], f) == v for f, v in fields.items())
+            for key, fields in expected.items()
+        )
+        return latest if ok else None
+
+    latest = _wait_for(windows_match, 30, "parametric and continuous windows", worker.stats)
+    assert latest[("pdqn", w0)].alerts == []
+    assert [a.split(":")[0] for a in latest[("sac", w0)].alerts] == [AlertKind.LOW_DENSITY]
+    stats = worker.stats()
+    assert stats is not None and stats["decisions"] == 4 and stats["invalid_decisions"] == 0
