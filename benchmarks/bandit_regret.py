@@ -31,9 +31,9 @@ from trainer.bandits import (
     NeuralBanditConfig,
     export_bandit,
     thompson_choice,
-    thompson_propensities,
     train_bandit,
 )
+from trainer.onnx_policy import PROPENSITY_FLOOR, thompson_probabilities
 from trainer.policy import EpsilonGreedyExploration, action_distribution
 
 UNIFORM = "uniform"
@@ -137,8 +137,8 @@ def _choose(
     if isinstance(learner, LinearThompsonConfig):
         mean, width = session.run([REWARD_MEAN_OUTPUT, EXPLORATION_WIDTH_OUTPUT], inputs)
         chosen = thompson_choice(mean, width, mask, rng)
-        probabilities = thompson_propensities(mean, width, mask, rng, n_draws=100)
-        return chosen, np.maximum(probabilities[np.arange(n), chosen], 1e-3)
+        probabilities = thompson_probabilities(mean, width, mask)  # exact, by quadrature (as served)
+        return chosen, np.maximum(probabilities[np.arange(n), chosen], PROPENSITY_FLOOR)
     (q,) = session.run([Q_OUTPUT], inputs)
     exploration = EpsilonGreedyExploration(epsilon=0.05 if isinstance(learner, NeuralBanditConfig) else 0.0)
     probabilities = action_distribution(q, mask, exploration)

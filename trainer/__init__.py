@@ -12,12 +12,7 @@ from trainer.artifact import DataRange, ModelMetadata
 from trainer.checkpoint import CheckpointConfig, CheckpointError
 from trainer.config import DqnConfig
 from trainer.continuous import ContinuousActor, ContinuousTrainingResult, train_continuous
-from trainer.continuous_export import (
-    ContinuousOnnxPolicy,
-    continuous_log_prob,
-    export_continuous_policy,
-    sample_actions,
-)
+from trainer.continuous_export import ContinuousOnnxPolicy, export_continuous_policy
 from trainer.cql import CqlConfig
 from trainer.distributed import DistributedConfig, DistributedContext, DistributedError
 from trainer.dqn import QNetwork, TrainingResult, train_dqn
@@ -26,6 +21,7 @@ from trainer.errors import (
     ExportParityError,
     PolicyInputError,
     RegistryError,
+    SignatureMismatchError,
     TrainerError,
     TrainingDataError,
 )
@@ -37,11 +33,11 @@ from trainer.onnx_policy import (
     OnnxPolicy,
     ParametricPolicy,
     PolicyOutputError,
-    PolicySignatureError,
     ServedPolicy,
     load_policy,
     load_registered_policy,
 )
+from trainer.policies.continuous import sample_tanh_gaussian, tanh_gaussian_log_density
 from trainer.policy import (
     EpsilonGreedyExploration,
     ExplorationConfig,
@@ -87,7 +83,7 @@ __all__ = [
     "ParametricPolicy",
     "PolicyInputError",
     "PolicyOutputError",
-    "PolicySignatureError",
+    "SignatureMismatchError",
     "QNetwork",
     "RegistryError",
     "RunConfigError",
@@ -103,7 +99,6 @@ __all__ = [
     "action_distribution",
     "check_parity",
     "code_version",
-    "continuous_log_prob",
     "export_continuous_policy",
     "export_model",
     "export_trained",
@@ -111,7 +106,8 @@ __all__ = [
     "load_registered_policy",
     "load_run_config",
     "run_training",
-    "sample_actions",
+    "sample_tanh_gaussian",
+    "tanh_gaussian_log_density",
     "train_and_register",
     "train_continuous",
     "train_dqn",

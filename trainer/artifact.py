@@ -33,8 +33,9 @@ PROBS_OUTPUT = "action_probabilities"
 #            `action_loc`      float32 [batch, action_dim]  mean of the pre-squash Gaussian (unit space)
 #            `action_log_std`  float32 [batch, action_dim]  log std of the pre-squash Gaussian
 # `action_mean = low + (tanh(action_loc) + 1) / 2 * (high - low)`. Exploring callers sample
-# `low + (tanh(action_loc + exp(action_log_std) * eps) + 1) / 2 * (high - low)`, eps ~ N(0, I)
-# (`trainer.continuous_export.sample_actions`); `continuous_log_prob` gives that sample's log density.
+# `low + (tanh(action_loc + exp(action_log_std) * eps) + 1) / 2 * (high - low)`, eps ~ N(0, I),
+# in float64 strictly inside (low, high) (`trainer.policies.continuous.sample_tanh_gaussian`);
+# `tanh_gaussian_log_density` gives that sample's log density (change of variables included).
 # Bounds are in `metadata.algorithm_config` (`action_low`, `action_high`); action order is
 # `metadata.actions` (one name per action dimension).
 ACTION_MEAN_OUTPUT = "action_mean"

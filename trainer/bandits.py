@@ -271,21 +271,6 @@ def thompson_choice(
     return np.where(np.asarray(possible_mask) > 0.5, draw, -np.inf).argmax(axis=1)
 
 
-def thompson_propensities(
-    reward_mean: np.ndarray,
-    exploration_width: np.ndarray,
-    possible_mask: np.ndarray,
-    rng: np.random.Generator,
-    n_draws: int = 1000,
-) -> np.ndarray:
-    """Monte-Carlo probability [B, A] that Thompson picks each action (for logging propensities)."""
-    counts = np.zeros(reward_mean.shape, dtype=np.float64)
-    rows = np.arange(reward_mean.shape[0])
-    for _ in range(n_draws):
-        counts[rows, thompson_choice(reward_mean, exploration_width, possible_mask, rng)] += 1.0
-    return counts / n_draws
-
-
 class _ServedBandit(nn.Module):
     def __init__(self, network: LinearBandit | NeuralBandit, softmax_temperature: float):
         super().__init__()

@@ -1,14 +1,15 @@
 """Export a continuous-action actor to ONNX (contract in `trainer.artifact`) and run it.
 
 Like the discrete export, every graph is compared with PyTorch through onnxruntime before it is
-handed on. `ContinuousOnnxPolicy` is what the Gym loop (and later serving) runs; `sample_actions`
-is the one function that turns the graph's outputs into an explored action.
+handed on. `ContinuousOnnxPolicy` runs in-memory graph bytes with the env's bounds (the Gym loop
+explores through it); it samples with `trainer.policies.continuous.sample_tanh_gaussian`, the same
+float64 function the served `ContinuousPolicy` samples with, whose log density is
+`tanh_gaussian_log_density`.
 """
 
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from trainer.artifact import (
 )
 from trainer.continuous import ContinuousActor
 from trainer.errors import ExportParityError, PolicyInputError
+from trainer.policies.continuous import sample_tanh_gaussian
 
 PARITY_ATOL = 1e-4
 
@@ -117,31 +119,9 @@ class ContinuousOnnxPolicy:
         return self.outputs(features)[0]
 
     def sample(self, features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """float64 [B, D] explored actions in env units, strictly inside (low, high) (`sample_tanh_gaussian`)."""
         _, loc, log_std = self.outputs(features)
-        return sample_actions(loc, log_std, self.action_low, self.action_high, rng)
-
-
-def sample_actions(
-    loc: np.ndarray,
-    log_std: np.ndarray,
-    action_low: np.ndarray,
-    action_high: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Explored action in env units: low + (tanh(loc + σ·ε) + 1)/2 · (high − low), ε ~ N(0, I)."""
-    unit = np.tanh(loc + np.exp(log_std) * rng.standard_normal(loc.shape).astype(np.float32))
-    return (action_low + (unit + 1.0) * 0.5 * (action_high - action_low)).astype(np.float32)
-
-
-def continuous_log_prob(
-    actions: np.ndarray, loc: np.ndarray, log_std: np.ndarray, action_low: np.ndarray, action_high: np.ndarray
-) -> np.ndarray:
-    """Log density (w.r.t. env units) of `actions` under the explored policy: the logged propensity."""
-    half = 0.5 * (np.asarray(action_high, np.float64) - np.asarray(action_low, np.float64))
-    unit = np.clip((np.asarray(actions, np.float64) - action_low) / half - 1.0, -1 + 1e-6, 1 - 1e-6)
-    pre = np.arctanh(unit)
-    gaussian = -0.5 * ((pre - loc) / np.exp(log_std)) ** 2 - log_std - 0.5 * math.log(2 * math.pi)
-    return (gaussian - np.log1p(-(unit**2)) - np.log(half)).sum(axis=1)
+        return sample_tanh_gaussian(loc, log_std, self.action_low, self.action_high, rng)
 
 
 def _single_thread() -> ort.SessionOptions:

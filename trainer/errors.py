@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from contracts import StreamrlError
+from collections.abc import Sequence
+
+from contracts import ActionKind, StreamrlError
 
 
 class TrainerError(StreamrlError):
@@ -42,5 +44,38 @@ class CorruptModelError(RegistryError):
         self.path = path
 
 
+class SignatureMismatchError(RegistryError):
+    """A model whose kind, metadata or ONNX graph does not fit its kind's serving contract.
+
+    Raised by `trainer.signatures.check_signature` (deploy, rollback, serving's model swap) and by
+    every served policy when it opens a model (`trainer.signatures.check_graph`). `tensor` names the
+    input or output at fault (None for a kind or metadata problem); `expected` says what the
+    contract wants there (e.g. `float32 [batch, n_actions=3]`, or the kind's name).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        version: str,
+        action_kind: ActionKind,
+        tensor: str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        super().__init__(message, version=version)
+        self.action_kind = action_kind
+        self.tensor = tensor
+        self.expected = expected
+
+
 class PolicyInputError(TrainerError):
-    """Inputs to an `OnnxPolicy` with the wrong shape for the model."""
+    """Inputs to a served policy with the wrong shape for the model."""
+
+
+class PolicyOutputError(TrainerError):
+    """A model that answered rows with non-finite values: no distribution to serve for them."""
+
+    def __init__(self, message: str, *, version: str, rows: Sequence[int]) -> None:
+        super().__init__(message)
+        self.version = version
+        self.rows = list(rows)

@@ -3,9 +3,10 @@
 `load_policy(path, metadata)` opens the class `POLICY_TYPES[metadata.action_kind]` names. Serving
 calls its `decide` / `act` and logs the propensity or log density it returns; evaluation calls
 `probabilities` / `log_density` of the same class, so CPE scores exactly what serving samples.
-Every class checks at load that the graph has its kind's inputs and outputs (`trainer.artifact`)
-and has a `probe()` that serving runs before it swaps a model in. `OnnxPolicy` is the discrete
-class under its older name.
+Every class holds the graph at load to its kind's entry of `trainer.signatures.SERVING_SIGNATURES`
+(`check_graph`: the table deploy and serving check, minus the probe batch) and raises
+`SignatureMismatchError` when it does not fit; each has a `probe()` that serving runs before it
+swaps a model in. `OnnxPolicy` is the discrete class under its older name.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from contracts import ActionKind
 from trainer.artifact import ModelMetadata
-from trainer.policies._common import PROPENSITY_FLOOR, PolicyOutputError, PolicySignatureError
+from trainer.errors import PolicyOutputError, SignatureMismatchError
+from trainer.policies._common import PROPENSITY_FLOOR
 from trainer.policies.continuous import ContinuousPolicy, sample_tanh_gaussian, tanh_gaussian_log_density
 from trainer.policies.discrete import SERVED_DISTRIBUTIONS, DiscretePolicy
 from trainer.policies.parametric import ParametricPolicy
@@ -39,8 +41,9 @@ OnnxPolicy = DiscretePolicy
 def load_policy(path: Path | str, metadata: ModelMetadata, intra_op_threads: int = 1) -> ServedPolicy:
     """The served policy of `metadata.action_kind` over the ONNX file at `path`.
 
-    Raises `PolicySignatureError` when the graph lacks the kind's inputs or outputs (or, for
-    continuous models, the metadata lacks valid action bounds; for parametric, action feature names).
+    Raises `SignatureMismatchError` when the graph or the metadata does not fit the kind's serving
+    signature (`trainer.signatures`): a missing or extra input, a missing output, a wrong type or
+    width; continuous metadata without valid action bounds; parametric without action feature names.
     """
     return POLICY_TYPES[metadata.action_kind](path, metadata, intra_op_threads=intra_op_threads)
 
@@ -60,8 +63,8 @@ __all__ = [
     "OnnxPolicy",
     "ParametricPolicy",
     "PolicyOutputError",
-    "PolicySignatureError",
     "ServedPolicy",
+    "SignatureMismatchError",
     "load_policy",
     "load_registered_policy",
     "sample_tanh_gaussian",

@@ -14,10 +14,13 @@ n_features = len(feature_names), n_actions = action_dim = len(actions), n_action
 len(action_feature_names). `ALGORITHM_OUTPUTS` adds what one algorithm's served method reads
 (Thompson sampling draws from `reward_mean` and `exploration_width`, so linear_thompson needs them).
 
-The registry runs `check_signature` before it moves the deploy pointer; serving can run it before
-it swaps a model in. Besides the declared types and shapes it runs one probe batch (2 rows, 3
+The registry runs `check_signature` before it moves the deploy pointer; serving runs it before it
+swaps a model in. Besides the declared types and shapes it runs one probe batch (2 rows, 3
 candidates) and checks the shapes that come out, so a graph that declares symbolic widths but
-computes other ones is refused too.
+computes other ones is refused too. Every served policy (`trainer.policies`) runs `check_graph` (the
+same checks without the probe batch) when it opens a model, so one table is the contract at deploy,
+at serving and at load, and one error type (`SignatureMismatchError`, in `trainer.errors`) reports
+a model that does not fit it.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from trainer.artifact import (
     SCORES_OUTPUT,
     ModelMetadata,
 )
-from trainer.errors import RegistryError
+from trainer.errors import SignatureMismatchError
 
 # Dimension names. The dynamic ones are chosen per call (the probe batch uses the sizes given here);
 # the others come from the metadata.
@@ -68,23 +71,16 @@ SIZE_SOURCES: dict[str, str] = {
 _FLOAT32 = "tensor(float)"  # onnxruntime's name for float32 tensors
 _PROBE_ATOL = 1e-4
 
-
-class SignatureMismatchError(RegistryError):
-    """A model whose kind, metadata or ONNX graph does not fit its kind's serving contract."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        version: str,
-        action_kind: ActionKind,
-        tensor: str | None = None,
-        expected: str | None = None,
-    ) -> None:
-        super().__init__(message, version=version)
-        self.action_kind = action_kind
-        self.tensor = tensor
-        self.expected = expected
+__all__ = [
+    "ALGORITHM_OUTPUTS",
+    "SERVING_SIGNATURES",
+    "ServingSignature",
+    "SignatureMismatchError",
+    "TensorSignature",
+    "check_graph",
+    "check_signature",
+    "required_outputs",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,11 +245,35 @@ def check_signature(metadata: ModelMetadata, onnx: Path | str | bytes) -> None:
 
     Checks, in order: the kind against the algorithm's (`trainer.algorithms.ALGORITHM_KINDS`), the
     metadata the kind needs, every input and output's name, element type (float32), rank and fixed
-    sizes, that no input is left that serving would not feed, and the output shapes (plus the
-    kind's own check) of one probe batch.
+    sizes, that no input is left that serving would not feed (`check_graph`), and the output shapes
+    (plus the kind's own check) of one probe batch.
     """
+    refuse = _refuser(metadata)
+    sizes = _sizes(metadata, refuse)
+    try:
+        session = ort.InferenceSession(
+            onnx if isinstance(onnx, bytes) else str(onnx),
+            _single_thread(),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises several unrelated types for a bad graph
+        raise refuse(f"cannot be loaded by onnxruntime: {exc}") from exc
+    checked = _check_declared(session, metadata, sizes, refuse)
+    _check_probe(session, metadata, SERVING_SIGNATURES[metadata.action_kind], checked, sizes, refuse)
+
+
+def check_graph(metadata: ModelMetadata, session: ort.InferenceSession) -> None:
+    """`check_signature` without the probe batch, on a session the caller already opened.
+
+    What a served policy (`trainer.policies`) checks when it opens a model: the same table, the same
+    `SignatureMismatchError`; running the graph is left to the policy's own `probe()`.
+    """
+    refuse = _refuser(metadata)
+    _check_declared(session, metadata, _sizes(metadata, refuse), refuse)
+
+
+def _refuser(metadata: ModelMetadata) -> Callable[..., SignatureMismatchError]:
     kind = metadata.action_kind
-    signature = SERVING_SIGNATURES[kind]
 
     def refuse(
         problem: str, tensor: str | None = None, expected: str | None = None
@@ -266,6 +286,12 @@ def check_signature(metadata: ModelMetadata, onnx: Path | str | bytes) -> None:
             expected=expected,
         )
 
+    return refuse
+
+
+def _sizes(metadata: ModelMetadata, refuse: Callable[..., SignatureMismatchError]) -> dict[str, int]:
+    """The kind must be the algorithm's; the fixed dimensions come from the metadata."""
+    kind = metadata.action_kind
     algorithm_kind = ALGORITHM_KINDS.get(metadata.algorithm)
     if algorithm_kind is not None and algorithm_kind != kind:
         raise refuse(
@@ -274,18 +300,20 @@ def check_signature(metadata: ModelMetadata, onnx: Path | str | bytes) -> None:
             expected=algorithm_kind.value,
         )
     try:
-        sizes = signature.sizes(metadata)
+        return SERVING_SIGNATURES[kind].sizes(metadata)
     except ValueError as exc:
         raise refuse(str(exc)) from exc
-    try:
-        session = ort.InferenceSession(
-            onnx if isinstance(onnx, bytes) else str(onnx),
-            _single_thread(),
-            providers=["CPUExecutionProvider"],
-        )
-    except Exception as exc:  # onnxruntime raises several unrelated types for a bad graph
-        raise refuse(f"cannot be loaded by onnxruntime: {exc}") from exc
 
+
+def _check_declared(
+    session: ort.InferenceSession,
+    metadata: ModelMetadata,
+    sizes: Mapping[str, int],
+    refuse: Callable[..., SignatureMismatchError],
+) -> tuple[TensorSignature, ...]:
+    """Names, element types, ranks and fixed sizes the graph declares; returns the outputs checked."""
+    kind = metadata.action_kind
+    signature = SERVING_SIGNATURES[kind]
     graph_inputs = {i.name: i for i in session.get_inputs()}
     for spec in signature.inputs:
         if spec.name not in graph_inputs:
@@ -311,20 +339,20 @@ def check_signature(metadata: ModelMetadata, onnx: Path | str | bytes) -> None:
     checked = needed + tuple(
         s for s in signature.optional_outputs if s.name in graph_outputs and s not in needed
     )
-    for spec in needed:
-        if spec.name not in graph_outputs:
-            raise refuse(
-                f"lacks output '{spec.name}' ({spec.describe()}); serving a {metadata.algorithm!r} model "
-                f"of kind {kind.value} needs outputs {[s.name for s in needed]}",
-                spec.name,
-                spec.describe(sizes),
-            )
+    missing = [spec for spec in needed if spec.name not in graph_outputs]
+    if missing:
+        raise refuse(
+            f"lacks output(s) {[s.name for s in missing]} ({missing[0].describe()}); serving a "
+            f"{metadata.algorithm!r} model of kind {kind.value} needs outputs {[s.name for s in needed]}, "
+            f"the graph has {list(graph_outputs)}",
+            missing[0].name,
+            missing[0].describe(sizes),
+        )
     for spec in checked:
         problem = _declared_problem(graph_outputs[spec.name], spec, sizes)
         if problem:
             raise refuse(f"output '{spec.name}' {problem}", spec.name, spec.describe(sizes))
-
-    _check_probe(session, metadata, signature, checked, sizes, refuse)
+    return checked
 
 
 def _declared_problem(node: ort.NodeArg, spec: TensorSignature, sizes: Mapping[str, int]) -> str | None:

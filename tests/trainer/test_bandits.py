@@ -22,7 +22,6 @@ from trainer.bandits import (
     NeuralBanditConfig,
     export_bandit,
     thompson_choice,
-    thompson_propensities,
     train_bandit,
 )
 from trainer.errors import TrainingDataError
@@ -73,14 +72,22 @@ def test_ucb_bonus_shrinks_with_data_and_q_is_mean_plus_bonus():
     assert widths[0] > 2 * widths[1] > 4 * widths[2], widths
 
 
+def _draw_frequencies(mean, width, mask, rng, n_draws):
+    counts = np.bincount(
+        [int(thompson_choice(mean, width, mask, rng)[0]) for _ in range(n_draws)], minlength=mean.shape[1]
+    )
+    return counts / n_draws
+
+
 def test_thompson_draws_explore_in_proportion_to_uncertainty():
     mean = np.array([[1.0, 0.9, -5.0]])
     mask = np.ones_like(mean)
     rng = np.random.default_rng(0)
-    certain = thompson_propensities(mean, np.full_like(mean, 1e-3), mask, rng, n_draws=500)
-    unsure = thompson_propensities(mean, np.full_like(mean, 1.0), mask, rng, n_draws=2000)
-    assert certain[0, 0] == 1.0
-    assert 0.35 < unsure[0, 1] < 0.55 and unsure[0, 2] < 0.01
+    certain = _draw_frequencies(mean, np.full_like(mean, 1e-3), mask, rng, n_draws=500)
+    unsure = _draw_frequencies(mean, np.full_like(mean, 1.0), mask, rng, n_draws=2000)
+    assert certain[0] == 1.0
+    # Two N(·, 1) arms 0.1 apart (the third is 6 σ below): P(arm 1 wins) = Φ(−0.1/√2) = 0.4718.
+    assert 0.42 < unsure[1] < 0.53 and unsure[2] < 0.01
     assert thompson_choice(mean, np.ones_like(mean), np.array([[0.0, 0.0, 1.0]]), rng)[0] == 2
 
 

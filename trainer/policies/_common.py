@@ -1,8 +1,9 @@
-"""What every served policy shares: the checked onnxruntime session, feature rows and sampling."""
+"""What every served policy shares: the onnxruntime session (checked against `trainer.signatures`),
+feature rows and sampling."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Self
@@ -14,7 +15,8 @@ from contracts import ActionKind
 from features import build_feature_matrix
 from trainer.artifact import ModelMetadata
 from trainer.data import feature_maps
-from trainer.errors import PolicyInputError, TrainerError
+from trainer.errors import PolicyInputError, PolicyOutputError, SignatureMismatchError
+from trainer.signatures import check_graph
 
 if TYPE_CHECKING:
     from trainer.registry import ModelRegistry
@@ -25,62 +27,33 @@ if TYPE_CHECKING:
 PROPENSITY_FLOOR = 1e-12
 
 
-class PolicySignatureError(TrainerError):
-    """A model whose kind or ONNX graph does not fit the served-policy contract of its kind."""
-
-    def __init__(
-        self, message: str, *, version: str, expected: Sequence[str] = (), found: Sequence[str] = ()
-    ):
-        super().__init__(message)
-        self.version = version
-        self.expected = list(expected)
-        self.found = list(found)
-
-
-class PolicyOutputError(TrainerError):
-    """A model that answered rows with non-finite values: no distribution to serve for them."""
-
-    def __init__(self, message: str, *, version: str, rows: Sequence[int]):
-        super().__init__(message)
-        self.version = version
-        self.rows = list(rows)
-
-
 class OnnxPolicyBase(ABC):
-    """One onnxruntime session over a model file, opened only if the graph has the kind's names."""
+    """One onnxruntime session over a model file, opened only if the graph fits its kind's serving signature."""
 
     kind: ClassVar[ActionKind]
 
-    @classmethod
-    @abstractmethod
-    def signature(cls, metadata: ModelMetadata) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """(input names, output names) the graph of a model with `metadata` must have to be served."""
-
     def __init__(self, path: Path | str, metadata: ModelMetadata, intra_op_threads: int = 1):
+        """Open the graph at `path`; raise `SignatureMismatchError` unless it fits `metadata`'s contract.
+
+        The contract is `trainer.signatures.SERVING_SIGNATURES[metadata.action_kind]` (plus what the
+        algorithm reads, `required_outputs`): the table deploy and serving hold models to.
+        """
         self.path = Path(path)
         self.metadata = metadata
         if metadata.action_kind is not self.kind:
-            raise PolicySignatureError(
+            raise SignatureMismatchError(
                 f"model {metadata.version} ({metadata.algorithm}) has action_kind "
                 f"{metadata.action_kind.value!r}; {type(self).__name__} serves {self.kind.value!r} models "
                 "(use trainer.load_policy, which picks the class from the metadata)",
                 version=metadata.version,
-                expected=[self.kind.value],
-                found=[metadata.action_kind.value],
+                action_kind=metadata.action_kind,
+                expected=self.kind.value,
             )
-        inputs, outputs = self.signature(metadata)
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
-        _check_names(metadata, self.path, "inputs", inputs, [i.name for i in self._session.get_inputs()])
-        _check_names(
-            metadata,
-            self.path,
-            "outputs",
-            outputs,
-            [o.name for o in self._session.get_outputs()],
-        )
+        check_graph(metadata, self._session)
 
     @classmethod
     def load(cls, registry: ModelRegistry, version: str, intra_op_threads: int = 1) -> Self:
@@ -116,25 +89,6 @@ class OnnxPolicyBase(ABC):
         features = np.zeros((rows, len(self.metadata.feature_names)), dtype=np.float32)
         features[0] = np.nan
         return features
-
-
-def _check_names(
-    metadata: ModelMetadata,
-    path: Path,
-    what: str,
-    expected: Sequence[str],
-    found: Sequence[str],
-) -> None:
-    missing = [name for name in expected if name not in found]
-    if missing:
-        raise PolicySignatureError(
-            f"model {metadata.version} ({metadata.algorithm}, kind {metadata.action_kind.value!r}) at {path} "
-            f"lacks graph {what} {missing}: a {metadata.action_kind.value} policy needs {what} "
-            f"{list(expected)}, the graph has {list(found)} (contracts in trainer/artifact.py)",
-            version=metadata.version,
-            expected=expected,
-            found=found,
-        )
 
 
 def sample_categorical(

@@ -33,8 +33,8 @@ from trainer.artifact import (
     FEATURES_INPUT,
     ModelMetadata,
 )
-from trainer.errors import PolicyInputError
-from trainer.policies._common import OnnxPolicyBase, PolicyOutputError, PolicySignatureError
+from trainer.errors import PolicyInputError, PolicyOutputError
+from trainer.policies._common import OnnxPolicyBase
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -93,11 +93,6 @@ class ContinuousPolicy(OnnxPolicyBase):
     def __init__(self, path: Path | str, metadata: ModelMetadata, intra_op_threads: int = 1):
         super().__init__(path, metadata, intra_op_threads)
         self.action_low, self.action_high = _bounds(metadata)
-
-    @classmethod
-    def signature(cls, metadata: ModelMetadata) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """`features` in; `action_mean`, `action_loc`, `action_log_std` out."""
-        return (FEATURES_INPUT,), (ACTION_MEAN_OUTPUT, ACTION_LOC_OUTPUT, ACTION_LOG_STD_OUTPUT)
 
     @property
     def action_dim(self) -> int:
@@ -177,29 +172,10 @@ class ContinuousPolicy(OnnxPolicyBase):
 
 
 def _bounds(metadata: ModelMetadata) -> tuple[np.ndarray, np.ndarray]:
-    """`action_low` / `action_high` from the algorithm config, one finite low < high per action name."""
+    """float64 `action_low`, `action_high` from the algorithm config.
+
+    `OnnxPolicyBase.__init__` has already held them to the contract (`trainer.signatures`: one finite
+    value per action name, low < high) and raised `SignatureMismatchError` otherwise.
+    """
     config = metadata.algorithm_config
-    try:
-        low = np.asarray(config["action_low"], dtype=np.float64)
-        high = np.asarray(config["action_high"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PolicySignatureError(
-            f"continuous model {metadata.version}: algorithm_config needs numeric lists action_low and "
-            f"action_high (got {config.get('action_low')!r}, {config.get('action_high')!r})",
-            version=metadata.version,
-            expected=["action_low", "action_high"],
-        ) from exc
-    n = len(metadata.actions)
-    if (
-        low.shape != (n,)
-        or high.shape != (n,)
-        or not (np.isfinite(low).all() and np.isfinite(high).all())
-        or not (low < high).all()
-    ):
-        raise PolicySignatureError(
-            f"continuous model {metadata.version}: action_low {low.tolist()} and action_high {high.tolist()} "
-            f"must be {n} finite values each (one per action {metadata.actions}) with low < high",
-            version=metadata.version,
-            expected=["action_low", "action_high"],
-        )
-    return low, high
+    return np.asarray(config["action_low"], np.float64), np.asarray(config["action_high"], np.float64)

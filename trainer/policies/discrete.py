@@ -29,11 +29,10 @@ from trainer.artifact import (
 )
 from trainer.bandits import thompson_choice
 from trainer.data import build_possible_mask
-from trainer.errors import PolicyInputError
+from trainer.errors import PolicyInputError, PolicyOutputError
 from trainer.policies._common import (
     PROPENSITY_FLOOR,
     OnnxPolicyBase,
-    PolicyOutputError,
     probe_distribution,
     sample_categorical,
 )
@@ -114,11 +113,6 @@ class DiscretePolicy(OnnxPolicyBase):
     def __init__(self, path: Path | str, metadata: ModelMetadata, intra_op_threads: int = 1):
         self._rule = _rule(metadata)
         super().__init__(path, metadata, intra_op_threads)
-
-    @classmethod
-    def signature(cls, metadata: ModelMetadata) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """`features` and `possible_actions_mask` in; `q_values` plus what the algorithm's rule reads out."""
-        return (FEATURES_INPUT, MASK_INPUT), tuple(dict.fromkeys((Q_OUTPUT, *_rule(metadata).outputs)))
 
     def q_values(self, features_raw: np.ndarray, possible_mask: np.ndarray) -> np.ndarray:
         """Q [B, A] float32 from raw features [B, F] (NaN = missing); impossible actions are -inf."""

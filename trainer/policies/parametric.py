@@ -25,7 +25,6 @@ from trainer.errors import PolicyInputError
 from trainer.parametric_data import candidate_tensor
 from trainer.policies._common import (
     OnnxPolicyBase,
-    PolicySignatureError,
     probe_distribution,
     sample_categorical,
 )
@@ -40,20 +39,8 @@ class ParametricPolicy(OnnxPolicyBase):
     kind: ClassVar[ActionKind] = ActionKind.PARAMETRIC
 
     def __init__(self, path: Path | str, metadata: ModelMetadata, intra_op_threads: int = 1):
-        super().__init__(path, metadata, intra_op_threads)
-        if not metadata.action_feature_names:
-            raise PolicySignatureError(
-                f"parametric model {metadata.version} has no action_feature_names in its metadata; "
-                "re-register it from a ParametricTrainingResult (trainer.workflow does this)",
-                version=metadata.version,
-                expected=["action_feature_names"],
-            )
-        self.action_feature_names: list[str] = list(metadata.action_feature_names)
-
-    @classmethod
-    def signature(cls, metadata: ModelMetadata) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """`features`, `action_features`, `candidate_mask` in; `scores` out."""
-        return (FEATURES_INPUT, ACTION_FEATURES_INPUT, CANDIDATE_MASK_INPUT), (SCORES_OUTPUT,)
+        super().__init__(path, metadata, intra_op_threads)  # checks action_feature_names is set
+        self.action_feature_names: list[str] = list(metadata.action_feature_names or ())
 
     def candidates(
         self, candidate_lists: Sequence[Sequence[Mapping[str, float | None]]]
