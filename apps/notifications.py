@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from apps.rule_policy import NotifyQuietUsersRule
+
 SEND = "send"
 DONT_SEND = "dont_send"
 ACTIONS: tuple[str, ...] = (DONT_SEND, SEND)
@@ -53,6 +55,7 @@ class NotificationSimConfig(BaseModel):
     # The hand-written rule: notify users active on at most this many of the last 7 days.
     rule_max_active_days: int = Field(3, ge=0, le=7)
     rule_epsilon: float = Field(0.2, ge=0.0, le=1.0)
+    rule_seed: int = 1234  # the app's draws when it decides by the rule (day d: seed (rule_seed, d))
 
 
 @dataclass(frozen=True)
@@ -141,12 +144,18 @@ class NotificationSim:
         return engaged.astype(float) - self.config.cost_per_notification * send.astype(float)
 
     # --- policies and their exact values ---------------------------------------------------------
+    def rule(self, *, epsilon: float | None = None) -> NotifyQuietUsersRule:
+        """The app's day-0 hand-written rule as configured (ε = `rule_epsilon` unless given)."""
+        return NotifyQuietUsersRule(
+            max_active_days=self.config.rule_max_active_days,
+            epsilon=self.config.rule_epsilon if epsilon is None else epsilon,
+            feature_names=FEATURE_NAMES,
+        )
+
     def rule_send_probability(self, features: np.ndarray, *, epsilon: float | None = None) -> np.ndarray:
-        """The day-0 hand-written rule: notify users with few active days unless notified in the previous
-        slot, with ε-uniform exploration."""
-        eps = self.config.rule_epsilon if epsilon is None else epsilon
-        greedy_send = (features[:, 0] <= self.config.rule_max_active_days) & (features[:, 4] < 0.5)
-        return np.where(greedy_send, 1.0 - eps / 2.0, eps / 2.0)
+        """P(send) of the day-0 hand-written rule (`rule()`): notify users with few active days unless
+        notified in the previous slot, with ε-uniform exploration."""
+        return self.rule(epsilon=epsilon).send_probability(features)
 
     def policy_value(self, day: Day, send_probability: SendProbability) -> float:
         """Exact expected reward per decision of a (stochastic) policy on this day's users.

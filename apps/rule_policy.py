@@ -1,56 +1,69 @@
-"""The app's day-0 policy — a hand-written threshold rule — packaged as an ONNX model.
+"""The app's day-0 policy: a hand-written threshold rule with ε-greedy exploration, in numpy.
 
-Serving only knows registered ONNX models, so the rule goes through the same export,
-registry, serving and logging path as every learned model: its decisions and
-propensities are logged exactly like a learned policy's, which is what makes them usable
-as training and evaluation data.
+Until a model is approved the app decides with this rule itself and logs every decision, with
+the exact probability it was taken with, through serving's log-only `POST /v1/decisions`. The
+decisions reach the same topic, timelines and CPE as a served model's, so the rule's logs are
+training and evaluation data like any other; no model has to be built to stand in for it.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from apps.notifications import ACTIONS, FEATURE_NAMES, SEND, NotificationSimConfig
-from trainer.artifact import ModelMetadata
-from trainer.export import export_model
-from trainer.policy import EpsilonGreedyExploration
-from trainer.registry import ModelRegistry
+import numpy as np
 
-_ACTIVE_DAYS = FEATURE_NAMES.index("active_days_7d")
-_SENT_PREVIOUS = FEATURE_NAMES.index("sent_previous_slot")
+RULE_POLICY = "hand-written-rule"  # the `policy` label its decisions are logged under (model_version)
 
 
-class NotifyQuietUsersRule(nn.Module):
-    """Scores 'send' above 'dont_send' for users active on few days and not just notified.
+@dataclass(frozen=True)
+class RuleDecisions:
+    """One batch of the rule's decisions: what it chose and the probability it chose it with."""
 
-    Missing features count as 'do not send' (NaN comparisons are false), the cautious choice.
+    send: np.ndarray  # bool per user
+    propensity: np.ndarray  # P(the chosen action) per user, in (0, 1]
+
+
+@dataclass(frozen=True)
+class NotifyQuietUsersRule:
+    """Send to users active on at most `max_active_days` of the last 7 and not notified in the
+    previous slot; otherwise don't. With probability `epsilon` the action is uniform instead.
+
+    So P(send) = 1 − ε/2 where the greedy choice is 'send' and ε/2 elsewhere. A missing feature
+    (NaN) fails its comparison and counts as 'do not send', the cautious choice.
+    `feature_names` is the column order of the feature matrices the rule is given.
     """
 
-    def __init__(self, max_active_days: int):
-        super().__init__()
-        self.n_features = len(FEATURE_NAMES)
-        self.n_actions = len(ACTIONS)
-        self.max_active_days = float(max_active_days)
+    max_active_days: float
+    epsilon: float
+    feature_names: Sequence[str]
+    name: str = RULE_POLICY
+    _active_days: int = field(init=False, repr=False)
+    _sent_previous: int = field(init=False, repr=False)
 
-    def forward(self, features: torch.Tensor, possible_mask: torch.Tensor) -> torch.Tensor:
-        quiet = features[:, _ACTIVE_DAYS] <= self.max_active_days
-        fresh = features[:, _SENT_PREVIOUS] < 0.5
-        send_score = (quiet & fresh).to(torch.float32)
-        columns = [send_score if action == SEND else torch.full_like(send_score, 0.5) for action in ACTIONS]
-        scores = torch.stack(columns, dim=1)
-        return torch.where(possible_mask > 0.5, scores, torch.full_like(scores, float("-inf")))
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"rule epsilon must be in [0, 1], got {self.epsilon}")
+        for column in ("active_days_7d", "sent_previous_slot"):
+            if column not in self.feature_names:
+                raise ValueError(
+                    f"the rule reads feature {column!r}, missing from feature_names {list(self.feature_names)}"
+                )
+        object.__setattr__(self, "_active_days", list(self.feature_names).index("active_days_7d"))
+        object.__setattr__(self, "_sent_previous", list(self.feature_names).index("sent_previous_slot"))
 
+    def greedy_send(self, features: np.ndarray) -> np.ndarray:
+        """The rule without exploration: True where it sends, per row of `features`."""
+        quiet = features[:, self._active_days] <= self.max_active_days
+        fresh = features[:, self._sent_previous] < 0.5
+        return quiet & fresh
 
-def register_rule_policy(registry: ModelRegistry, config: NotificationSimConfig) -> ModelMetadata:
-    """Export the rule with its ε-greedy exploration and register it (not deployed)."""
-    rule = NotifyQuietUsersRule(config.rule_max_active_days).eval()
-    onnx_bytes = export_model(rule, softmax_temperature=1.0)
-    return registry.register(
-        onnx_bytes,
-        feature_names=list(FEATURE_NAMES),
-        actions=list(ACTIONS),
-        algorithm="hand_written_rule",
-        algorithm_config={"max_active_days": config.rule_max_active_days},
-        exploration=EpsilonGreedyExploration(epsilon=config.rule_epsilon),
-    )
+    def send_probability(self, features: np.ndarray) -> np.ndarray:
+        """P(send) per row under ε-greedy exploration over the two actions."""
+        return np.where(self.greedy_send(features), 1.0 - self.epsilon / 2.0, self.epsilon / 2.0)
+
+    def decide(self, features: np.ndarray, rng: np.random.Generator) -> RuleDecisions:
+        """Draw one decision per row and return it with its exact propensity."""
+        p_send = self.send_probability(features)
+        send = rng.random(len(p_send)) < p_send
+        return RuleDecisions(send=send, propensity=np.where(send, p_send, 1.0 - p_send))

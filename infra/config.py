@@ -85,9 +85,17 @@ class ServingSection(_Section):
 
 
 class MonitoringSection(_Section):
+    """`monitoring.MonitoringConfig`'s knobs an environment sets (alert thresholds included)."""
+
     enabled: bool = True
     window_s: int = Field(60, gt=0)
     web_port: int = Field(16066, ge=1, le=65535)
+    min_propensity: float = Field(0.01, ge=0, le=1, description="alert below this logged propensity")
+    min_log_density: float | None = Field(
+        None,
+        description="alert below this continuous log density; None = off (units depend on the action box)",
+    )
+    max_reward_drop: float = Field(0.5, gt=0, description="alert when mean reward drops by this fraction")
 
 
 class DemoSection(_Section):
@@ -144,7 +152,7 @@ def _config_error(message: str, path: Path, key: str | None) -> ConfigError:
 
 # Tags of the discriminated unions in the file, dropped from error keys ("trainer.gamma", not
 # "trainer.dqn.gamma"): exploration configs and algorithm types.
-_UNION_TAGS = ("greedy", "epsilon_greedy", "softmax", *TRAIN_FUNCTIONS)
+_UNION_TAGS = ("greedy", "epsilon_greedy", "softmax", "none", "uniform", *TRAIN_FUNCTIONS)
 
 
 def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> StreamrlConfig:

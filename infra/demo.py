@@ -1,8 +1,10 @@
 """`streamrl demo`: the whole loop on the embedded local stack, for N simulated days.
 
-Day 0 serves the app's hand-written rule; every night the refresh trains a candidate on all
-timelines so far, evaluates it counterfactually on what the deployed policy logged that day,
-and deploys it only if the gate approves. Serving hot-swaps it before the next day.
+Until a model is approved the app decides with its own hand-written rule and logs each decision
+through serving's log-only `POST /v1/decisions`; every night the refresh trains a candidate on
+all timelines so far, evaluates it counterfactually on what the logging policy (the rule, or
+the deployed model) logged that day, and deploys it only if the gate approves. Serving
+hot-swaps it before the next day, and from then on the app asks `POST /v1/act/batch`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import pandas as pd
 
 from apps.notification_app import DayOutcome, run_day
 from apps.notifications import ACTIONS, NotificationSim
-from apps.rule_policy import register_rule_policy
 from contracts import StreamrlError, Topics
 from evaluation import CpeReport
 from features import NormalizationSpec
@@ -47,7 +48,7 @@ class DaySummary:
     day: int
     model_version: str  # the model that served this day
     realized_reward: float  # mean reward per decision it realized
-    logging_reward: float  # the hand-written policy (as deployed on day 0) on the same users, exact
+    logging_reward: float  # the hand-written rule (the day-0 logging policy) on the same users, exact
     oracle_reward: float  # best achievable on the same users, exact
     gap_closed: float  # (realized − logging) / (oracle − logging)
     decisions: int
@@ -97,11 +98,14 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
         progress("[features] applying the Feast repository (Redis online store, parquet offline store)")
         build_feature_store(env.feature_store_config())
         registry = ModelRegistry(env.registry_dir)
-        rule = register_rule_policy(registry, demo.simulator)
-        registry.deploy(rule.version, "day 0: the app's hand-written rule")
+        sim = NotificationSim(demo.simulator)
+        rule = sim.rule()
         progress(
-            f"[registry] day-0 policy {rule.version} (hand-written rule, ε={demo.simulator.rule_epsilon})"
+            f"[registry] no model deployed: the app's {rule.name} (ε={rule.epsilon}) logs day 0 "
+            "through POST /v1/decisions"
         )
+        # What /healthz names while no model is loaded: the uniform fallback's label, or none.
+        no_model = getattr(env.config.serving.fallback, "model_version", None)
 
         serving = start_process("serving", [*run_args, "serve", *env_args], env.logs_dir / "serving.log")
         processes.append(serving)
@@ -122,29 +126,43 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
         )
         ingest.start()
         serving.wait_ready(
-            lambda: _healthy(env.serving_url, rule.version), 120, "GET /healthz serving the rule"
+            lambda: _healthy(env.serving_url, registry.deployed() or no_model),
+            120,
+            "GET /healthz answering",
         )
         progress(
             f"[serving] {env.serving_url} ready; stream job and monitor starting (logs in {env.logs_dir})"
         )
 
-        sim = NotificationSim(demo.simulator)
         summaries: list[DaySummary] = []
         previous_spec: NormalizationSpec | None = None
         previous_report: CpeReport | None = None
         with EventLogger(env.bootstrap_servers, topics) as logger:
             for day in range(demo.days):
-                served_version = registry.deployed() or "?"
-                _wait_serving(env.serving_url, served_version, serving)
+                # The rule is the logging policy until the gate approves a model (a rejected
+                # candidate leaves nothing deployed, and the rule logs another day).
+                deployed = registry.deployed()
+                _wait_serving(env.serving_url, deployed or no_model, serving)
+                served_version = deployed or rule.name
                 day_start = pd.Timestamp.now(tz="UTC")
+                how = "POST /v1/act/batch" if deployed else "the app decides, POST /v1/decisions logs"
                 progress(
-                    f"[day {day}] serving {served_version}: {demo.simulator.n_users} users × "
+                    f"[day {day}] {served_version} ({how}): {demo.simulator.n_users} users × "
                     f"{demo.simulator.slots_per_day} slots"
                 )
-                outcome = run_day(sim, day, env.serving_url, logger, batch_size=demo.request_batch_size)
+                day_started = time.monotonic()
+                outcome = run_day(
+                    sim,
+                    day,
+                    env.serving_url,
+                    logger,
+                    rule=None if deployed else rule,
+                    batch_size=demo.request_batch_size,
+                )
                 progress(
-                    f"[day {day}] realized mean reward {outcome.realized_reward:.4f} "
-                    f"(sent {outcome.send_share:.0%}); waiting for the stream to close the day's MDPs"
+                    f"[day {day}] {outcome.decisions} decisions in {time.monotonic() - day_started:.1f}s, "
+                    f"realized mean reward {outcome.realized_reward:.4f} (sent {outcome.send_share:.0%}); "
+                    "waiting for the stream to close the day's MDPs"
                 )
                 day_rows = _wait_for_timelines(
                     env, outcome, day_start, [stream, serving], demo.timelines_wait_s
@@ -191,19 +209,23 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
 
 
 # --- steps --------------------------------------------------------------------------------------
-def _healthy(url: str, version: str | None = None) -> bool:
+def _healthy(url: str, version: str | None) -> bool:
+    """Serving answers `/healthz` naming `version` (None: no model loaded, which answers 503)."""
     try:
         response = httpx.get(f"{url}/healthz", timeout=2.0)
     except httpx.HTTPError:
         return False
-    if response.status_code != 200:
+    if response.status_code not in (200, 503):
         return False
-    return version is None or response.json().get("model_version") == version
+    try:
+        return response.json().get("model_version") == version
+    except ValueError:  # not serving's HealthStatus
+        return False
 
 
-def _wait_serving(url: str, version: str, serving: ManagedProcess) -> None:
-    """Serving follows the deploy pointer on its own; wait until it serves `version`."""
-    serving.wait_ready(lambda: _healthy(url, version), 60, f"serving model {version}")
+def _wait_serving(url: str, version: str | None, serving: ManagedProcess) -> None:
+    """Serving follows the deploy pointer on its own; wait until it serves `version` (None: no model)."""
+    serving.wait_ready(lambda: _healthy(url, version), 60, f"serving model {version or '(none)'}")
 
 
 def _wait_for_timelines(
@@ -245,7 +267,7 @@ def _summarize(
     day_rows: pd.DataFrame,
     result: RefreshResult,
 ) -> DaySummary:
-    logging_reward = sim.policy_value(outcome.day, sim.rule_send_probability)
+    logging_reward = sim.policy_value(outcome.day, sim.rule().send_probability)
     oracle_reward = sim.oracle_value(outcome.day)
     gap = oracle_reward - logging_reward
     nan = float("nan")

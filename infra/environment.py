@@ -88,6 +88,9 @@ class Environment:
             feature_store=self.feature_store_config(),
             seed=section.seed,
             max_batch=section.max_batch,
+            fallback=section.fallback,
+            action_kind=section.action_kind,
+            continuous_actions=section.continuous_actions,
         )
 
     @property
@@ -101,5 +104,8 @@ class Environment:
             topics=self.config.topics,
             window_s=section.window_s,
             web_port=section.web_port,
+            min_propensity=section.min_propensity,
+            min_log_density=section.min_log_density,
+            max_reward_drop=section.max_reward_drop,
             data_dir=self.run_dir / "monitor",
         )

@@ -27,7 +27,6 @@ import yaml
 from kafka import KafkaProducer
 
 from apps.notifications import ACTIONS, SEND, NotificationSimConfig
-from apps.rule_policy import register_rule_policy
 from contracts import RewardEvent, Topics
 from infra.cli import COMMANDS, main
 from infra.config import load_config
@@ -35,6 +34,7 @@ from infra.environment import Environment
 from monitoring import MetricsWindow
 from stream import EventLogger, load_timelines
 from tests.helpers import free_port
+from tests.infra.onnx_rule import register_rule_policy
 from trainer import ModelRegistry
 
 STREAMRL = [sys.executable, "-m", "infra.cli"]

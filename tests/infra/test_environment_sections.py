@@ -1,4 +1,4 @@
-"""The environment file's `serving:` section reaches `ServingConfig`: day-0 fallback and kinds."""
+"""The environment file's `serving:` and `monitoring:` sections reach their stages' configs."""
 
 from __future__ import annotations
 
@@ -53,3 +53,18 @@ def test_unknown_fallback_type_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "serving.fallback" in str(info.value) and "'random'" in str(info.value)
+
+
+def test_monitoring_alert_thresholds_reach_the_monitoring_config(tmp_path: Path) -> None:
+    path = tmp_path / "pendulum.yaml"
+    path.write_text(
+        "monitoring:\n  min_log_density: -6.5\n  min_propensity: 0.002\n  max_reward_drop: 0.25\n"
+    )
+    monitoring = Environment.from_config(load_config(path), tmp_path).monitoring_config()
+    assert (monitoring.min_log_density, monitoring.min_propensity, monitoring.max_reward_drop) == (
+        -6.5,
+        0.002,
+        0.25,
+    )
+    default = Environment.from_config(load_config(), tmp_path).monitoring_config()
+    assert default.min_log_density is None and default.min_propensity == 0.01
