@@ -1,4 +1,9 @@
-"""Run every benchmark module (or the ones named on the command line) and print their figures."""
+"""Run every benchmark module (or the ones named on the command line) and print their figures.
+
+`python -m benchmarks NAME [NAME ...] [-- OPTIONS]`: options after the names (the first argument
+starting with `-`) go to the one named benchmark's `main(argv)` (e.g. `served_loop --family
+pendulum`). Each benchmark's own output ends with its JSON line; the wall time goes to stderr.
+"""
 
 from __future__ import annotations
 
@@ -16,20 +21,26 @@ BENCHMARKS = {
     "d3rlpy_throughput": "benchmarks.d3rlpy_throughput",
     "cartpole_offline": "benchmarks.cartpole_offline",
     "bandit_regret": "benchmarks.bandit_regret",
+    "served_loop": "benchmarks.served_loop",
 }
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(BENCHMARKS)
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, options = argv[:split] or list(BENCHMARKS), [a for a in argv[split:] if a != "--"]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}", file=sys.stderr)
         return 2
+    if options and len(names) != 1:
+        print(f"options {options} need exactly one benchmark name, got {names}", file=sys.stderr)
+        return 2
     for name in names:
-        print(f"== {name}")
+        print(f"== {name}", flush=True)
         started = time.perf_counter()
-        importlib.import_module(BENCHMARKS[name]).main()
-        print(f"   ({time.perf_counter() - started:.1f}s)\n")
+        module = importlib.import_module(BENCHMARKS[name])
+        module.main(options) if options else module.main()
+        print(f"   {name}: {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return 0
 
 
