@@ -5,7 +5,7 @@ resulting reward to Kafka with the app-side `EventLogger`. Who decides depends o
 
 - Until a model is approved, the app's own hand-written rule (`apps.rule_policy`) decides, and
   the app logs each decision with its exact propensity through serving's log-only
-  `POST /v1/decisions` (one request per decision, `concurrency` in flight at a time).
+  `POST /v1/decisions/batch` (`batch_size` decisions a request).
 - Once one is, the app asks serving (`POST /v1/act/batch`), which decides and logs itself.
 
 Either way the decisions land in the same decision topic. Nothing here reads streamrl internals.
@@ -13,7 +13,6 @@ Either way the decisions land in the same decision topic. Nothing here reads str
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -51,13 +50,12 @@ def run_day(
     *,
     rule: NotifyQuietUsersRule | None = None,
     batch_size: int = 500,
-    concurrency: int = 8,
     timeout_s: float = 30.0,
 ) -> DayOutcome:
     """Play one day: every user, every slot, one decision each, rewards logged to Kafka.
 
-    With `rule`, the app decides by the rule and logs through `/v1/decisions` (`concurrency`
-    requests in flight); without, serving decides through `/v1/act/batch` (`batch_size` a request).
+    With `rule`, the app decides by the rule and logs through `/v1/decisions/batch`; without,
+    serving decides through `/v1/act/batch`. Either way `batch_size` decisions a request.
     """
     day = sim.start_day(day_index)
     n = sim.config.n_users
@@ -85,9 +83,7 @@ def run_day(
                 send, slot_ids, slot_versions = _ask_serving(client, contexts, batch_size, where)
             else:
                 decisions = rule.decide(features, rng)
-                slot_ids = asyncio.run(
-                    _log_decisions(serving_url, contexts, decisions, rule.name, concurrency, timeout_s, where)
-                )
+                slot_ids = _log_decisions(client, contexts, decisions, rule.name, batch_size, where)
                 send, slot_versions = decisions.send, [rule.name] * n
             for version in slot_versions:
                 versions[version] = versions.get(version, 0) + 1
@@ -135,39 +131,29 @@ def _ask_serving(
     return np.array([a == SEND for a in actions]), ids, versions
 
 
-async def _log_decisions(
-    serving_url: str,
+def _log_decisions(
+    client: httpx.Client,
     contexts: list[dict[str, Any]],
     decisions: RuleDecisions,
     policy: str,
-    concurrency: int,
-    timeout_s: float,
+    batch_size: int,
     where: str,
 ) -> list[str]:
-    """Log the app's own decisions through `/v1/decisions`; their request ids in user order."""
-    limit = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async def log_one(client: httpx.AsyncClient, i: int) -> str:
-        body = {
-            **contexts[i],
+    """Log the app's own decisions through `/v1/decisions/batch`; their request ids in user order."""
+    bodies = [
+        {
+            **context,
             "policy": policy,
-            "action": SEND if decisions.send[i] else DONT_SEND,
-            "action_probability": float(decisions.propensity[i]),
+            "action": SEND if send else DONT_SEND,
+            "action_probability": float(propensity),
         }
-        async with limit:
-            try:
-                response = await client.post("/v1/decisions", json=body)
-            except httpx.HTTPError as exc:
-                raise AppError(f"{where}: POST /v1/decisions failed: {exc!r}") from exc
-        return _check(response, where)["request_id"]
-
-    try:
-        async with (
-            httpx.AsyncClient(base_url=serving_url, timeout=timeout_s, limits=limits) as client,
-            asyncio.TaskGroup() as group,  # the first failure cancels the rest
-        ):
-            tasks = [group.create_task(log_one(client, i)) for i in range(len(contexts))]
-    except* AppError as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+        for context, send, propensity in zip(contexts, decisions.send, decisions.propensity, strict=True)
+    ]
+    ids: list[str] = []
+    for start in range(0, len(bodies), batch_size):
+        body = {"decisions": bodies[start : start + batch_size]}
+        ids.extend(
+            item["request_id"]
+            for item in _check(client.post("/v1/decisions/batch", json=body), where)["responses"]
+        )
+    return ids

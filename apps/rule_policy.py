@@ -1,7 +1,7 @@
 """The app's day-0 policy: a hand-written threshold rule with ε-greedy exploration, in numpy.
 
 Until a model is approved the app decides with this rule itself and logs every decision, with
-the exact probability it was taken with, through serving's log-only `POST /v1/decisions`. The
+the exact probability it was taken with, through serving's log-only `POST /v1/decisions/batch`. The
 decisions reach the same topic, timelines and CPE as a served model's, so the rule's logs are
 training and evaluation data like any other; no model has to be built to stand in for it.
 """

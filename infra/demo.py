@@ -102,7 +102,7 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
         rule = sim.rule()
         progress(
             f"[registry] no model deployed: the app's {rule.name} (ε={rule.epsilon}) logs day 0 "
-            "through POST /v1/decisions"
+            "through POST /v1/decisions/batch"
         )
         # What /healthz names while no model is loaded: the uniform fallback's label, or none.
         no_model = getattr(env.config.serving.fallback, "model_version", None)
@@ -145,7 +145,7 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
                 _wait_serving(env.serving_url, deployed or no_model, serving)
                 served_version = deployed or rule.name
                 day_start = pd.Timestamp.now(tz="UTC")
-                how = "POST /v1/act/batch" if deployed else "the app decides, POST /v1/decisions logs"
+                how = "POST /v1/act/batch" if deployed else "the app decides, POST /v1/decisions/batch logs"
                 progress(
                     f"[day {day}] {served_version} ({how}): {demo.simulator.n_users} users × "
                     f"{demo.simulator.slots_per_day} slots"

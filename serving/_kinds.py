@@ -8,7 +8,8 @@ response; the app adds the fields every kind shares (ids, context, model version
   distribution, Thompson draws with their exact propensity, or a continuous policy's sample
   with its log density);
 - `uniform`: the day-0 fallback (`UniformFallbackConfig`) chooses uniformly at random;
-- `logged`: the app chose itself (`/v1/decisions`); its choice is checked against the action space.
+- `logged`: the app chose itself (`/v1/decisions`, `/v1/decisions/batch`); its choice is checked
+  against the action space.
 
 Adding a kind is one request/response pair in `serving.schemas`, three functions here and one
 line in `KINDS`.
@@ -78,7 +79,8 @@ class ContinuousSpace:
 
 
 # decide(model, requests, feature maps, rng, field prefixes) / uniform(requests, rng, space) /
-# logged(decision, space, field prefix). A prefix is "" for one request, "requests.3." in a batch.
+# logged(decision, space, field prefix). A prefix is "" for one request, "requests.3." or
+# "decisions.3." in a batch.
 Decide = Callable[
     [LoadedModel, Sequence[Any], list[FeatureMap], np.random.Generator, list[str]], list[Choice]
 ]

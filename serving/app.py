@@ -3,8 +3,9 @@
 `POST /v1/act` and `/v1/act/batch` decide with the model the holder has at the moment the
 request starts, for every action kind (`serving._kinds.KINDS`); with no model loaded they
 answer 503 or, with `fallback: uniform`, choose uniformly at random (day 0).
-`POST /v1/decisions` is log-only (apprentice) mode: the app sends the decision it took itself,
-serving checks and logs it and answers what the deployed model would have done.
+`POST /v1/decisions` (and `/v1/decisions/batch`) is log-only (apprentice) mode: the app sends
+the decision it took itself, serving checks and logs it and answers what the deployed model
+would have done.
 `/healthz` says which model serves and why the server is degraded; `/metrics` is Prometheus
 text. All errors go through one handler that maps error types to status codes and always
 returns an `ErrorBody` with a request id.
@@ -48,6 +49,8 @@ from serving.schemas import (
     ActResponse,
     BatchActRequest,
     BatchActResponse,
+    BatchLoggedDecisionRequest,
+    BatchLoggedDecisionResponse,
     ErrorBody,
     HealthStatus,
     LoggedDecision,
@@ -57,7 +60,9 @@ from stream import EventLogError, EventLogger
 
 logger = logging.getLogger(__name__)
 
-_ENDPOINTS = frozenset({"/v1/act", "/v1/act/batch", "/v1/decisions", "/healthz", "/metrics"})
+_ENDPOINTS = frozenset(
+    {"/v1/act", "/v1/act/batch", "/v1/decisions", "/v1/decisions/batch", "/healthz", "/metrics"}
+)
 _KIND_TAGS = frozenset(kind.value for kind in ActionKind)
 # Declared error bodies of the decision endpoints (every error is an `ErrorBody`).
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -159,7 +164,19 @@ def create_app(config: ServingConfig) -> FastAPI:
     async def log_decision(body: LoggedDecision, request: Request) -> LoggedDecisionResponse:
         """Log-only mode: log a decision the app took itself; answer what the deployed model would do."""
         request.state.request_id = body.request_id
-        return await _log_app_decision(request.app.state.runtime, body)
+        return (await _log_app_decisions(request.app.state.runtime, [body], batch=False))[0]
+
+    @app.post("/v1/decisions/batch", response_model=BatchLoggedDecisionResponse, responses=_ERRORS)
+    async def log_decisions(
+        body: BatchLoggedDecisionRequest, request: Request
+    ) -> BatchLoggedDecisionResponse:
+        """Log-only mode for up to `max_batch` decisions: all are checked before any is logged."""
+        runtime: _Runtime = request.app.state.runtime
+        if len(body.decisions) > runtime.config.max_batch:
+            raise BatchTooLargeError(len(body.decisions), runtime.config.max_batch, field="decisions")
+        return BatchLoggedDecisionResponse(
+            responses=await _log_app_decisions(runtime, body.decisions, batch=True)
+        )
 
     @app.get("/healthz", response_model=HealthStatus)
     async def healthz(request: Request) -> JSONResponse:
@@ -387,25 +404,62 @@ async def _decide(runtime: _Runtime, requests: list[Any], batch: bool) -> list[A
     return responses
 
 
-async def _log_app_decision(runtime: _Runtime, decision: Any) -> LoggedDecisionResponse:
-    """Check and log the app's own decision; then, off the log, what the deployed model would do."""
+async def _log_app_decisions(
+    runtime: _Runtime, decisions: list[Any], batch: bool
+) -> list[LoggedDecisionResponse]:
+    """Check and log the app's own decisions; then, off the log, what the deployed model would do.
+
+    All or nothing: every decision is checked against the served kind and action space before
+    any is logged, so a refused batch logs nothing and can be resent whole. Then one online
+    feature lookup, every decision logged, and one scoring call for them all (with a model
+    loaded they all have its kind).
+    """
     model = runtime.holder.current()
-    _check_kind(runtime, model, decision.action_kind, "")
-    kind = ActionKind(decision.action_kind)
-    fields = KINDS[kind].logged(decision, _continuous_space(runtime, model), "")
-    (context,) = await _features(runtime, [decision])
-    runtime.decision_log.submit(
-        _event(decision, kind, context, Choice(event=fields, response={}), decision.policy, datetime.now(UTC))
-    )
+    space = _continuous_space(runtime, model)
+    prefixes = [f"decisions.{i}." if batch else "" for i in range(len(decisions))]
+    kinds = [ActionKind(decision.action_kind) for decision in decisions]
+    logged = []
+    for decision, kind, prefix in zip(decisions, kinds, prefixes, strict=True):
+        _check_kind(runtime, model, decision.action_kind, prefix)
+        logged.append(Choice(event=KINDS[kind].logged(decision, space, prefix), response={}))
+    contexts = await _features(runtime, decisions)
+    now = datetime.now(UTC)
+    for decision, kind, context, choice in zip(decisions, kinds, contexts, logged, strict=True):
+        runtime.decision_log.submit(_event(decision, kind, context, choice, decision.policy, now))
     if model is None:
-        return LoggedDecisionResponse(
-            request_id=decision.request_id,
-            model_decision=None,
-            model_decision_error=f"no model is loaded ({runtime.holder.last_error or 'nothing is deployed'})",
-        )
+        error = f"no model is loaded ({runtime.holder.last_error or 'nothing is deployed'})"
+        return [
+            LoggedDecisionResponse(request_id=d.request_id, model_decision=None, model_decision_error=error)
+            for d in decisions
+        ]
+    return _model_decisions(runtime, model, decisions, contexts, prefixes)
+
+
+def _model_decisions(
+    runtime: _Runtime,
+    model: LoadedModel,
+    decisions: list[Any],
+    contexts: list[dict[str, float | None]],
+    prefixes: list[str],
+) -> list[LoggedDecisionResponse]:
+    """What the model would have done for each logged decision, in one scoring call.
+
+    A decision the model cannot score (an action it does not know, non-finite outputs) fails
+    the call; then each decision is scored alone, so only that one answers with its error.
+    """
+    kind = model.action_kind
     try:
-        (choice,) = KINDS[kind].decide(model, [decision], [context], _child_rng(runtime), [""])
-    except Exception as exc:  # the app's decision is logged either way; say why the model has no answer
+        choices = KINDS[kind].decide(model, decisions, contexts, _child_rng(runtime), prefixes)
+    except Exception as exc:  # the app's decisions are logged either way; say why the model has no answer
+        if len(decisions) > 1:
+            return [
+                response
+                for i in range(len(decisions))
+                for response in _model_decisions(
+                    runtime, model, decisions[i : i + 1], contexts[i : i + 1], prefixes[i : i + 1]
+                )
+            ]
+        (decision,) = decisions
         if isinstance(exc, ServingError) and exc.status_code != 500:
             error = f"{type(exc).__name__}: {exc}"
         else:
@@ -416,15 +470,18 @@ async def _log_app_decision(runtime: _Runtime, decision: Any) -> LoggedDecisionR
                 decision.request_id,
                 exc_info=exc,
             )
-        return LoggedDecisionResponse(
+        return [
+            LoggedDecisionResponse(
+                request_id=decision.request_id, model_decision=None, model_decision_error=error
+            )
+        ]
+    return [
+        LoggedDecisionResponse(
             request_id=decision.request_id,
-            model_decision=None,
-            model_decision_error=error,
+            model_decision=_response(decision, kind, choice, model.version),
         )
-    return LoggedDecisionResponse(
-        request_id=decision.request_id,
-        model_decision=_response(decision, kind, choice, model.version),
-    )
+        for decision, choice in zip(decisions, choices, strict=True)
+    ]
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:

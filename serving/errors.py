@@ -47,12 +47,10 @@ class BatchTooLargeError(ServingError):
 
     status_code = 422
 
-    def __init__(self, size: int, max_batch: int) -> None:
+    def __init__(self, size: int, max_batch: int, field: str = "requests") -> None:
         self.size = size
         self.max_batch = max_batch
-        super().__init__(
-            f"requests has {size} items; at most max_batch={max_batch} per call. Split the batch"
-        )
+        super().__init__(f"{field} has {size} items; at most max_batch={max_batch} per call. Split the batch")
 
 
 class ModelLoadError(ServingError):

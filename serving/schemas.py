@@ -1,4 +1,4 @@
-"""HTTP API records of `/v1/act`, `/v1/act/batch` and `/v1/decisions`, one request and response per kind.
+"""HTTP API records of `/v1/act`, `/v1/decisions` and their batches, one request and response per kind.
 
 Requests are strict (no string-to-number coercion, no NaN/inf, unknown keys rejected) so a
 client bug shows up as a 422 naming the field instead of a silently different decision.
@@ -13,7 +13,8 @@ kinds existed keep their meaning:
 
 `/v1/decisions` (log-only mode) takes the same request plus the app's own choice and its
 propensity (`action` + `action_probability`, or the vector + `action_log_density`) and `policy`,
-the app's label that is logged as the decision's `model_version`.
+the app's label that is logged as the decision's `model_version`; `/v1/decisions/batch` takes
+several of them.
 """
 
 from __future__ import annotations
@@ -248,6 +249,20 @@ class LoggedDecisionResponse(_Record):
         "model is loaded or it cannot score this request (see model_decision_error)"
     )
     model_decision_error: str | None = None
+
+
+class BatchLoggedDecisionRequest(_Record):
+    """Several of the app's own decisions (at most `ServingConfig.max_batch`), logged all or none."""
+
+    schema_version: Literal[1] = 1
+    decisions: list[LoggedDecision] = Field(min_length=1)
+
+
+class BatchLoggedDecisionResponse(_Record):
+    """One `LoggedDecisionResponse` per decision, in the order of the decisions."""
+
+    schema_version: Literal[1] = 1
+    responses: list[LoggedDecisionResponse]
 
 
 class HealthStatus(_Record):

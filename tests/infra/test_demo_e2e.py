@@ -1,7 +1,7 @@
 """The whole loop on the real stack: broker, Redis, Spark, Feast, onnxruntime, faust.
 
 A small population for two days: on day 0 no model exists, the app decides with its own
-hand-written rule and logs each decision through serving's log-only `POST /v1/decisions`;
+hand-written rule and logs each decision through serving's log-only `POST /v1/decisions/batch`;
 decisions and rewards go through Kafka, timelines come from Spark, a nightly refresh trains,
 evaluates and gates; day 1 is served by the model the gate deployed (or the rule again, if it
 rejected). Every night's candidate must beat the rule on the simulator's exact expected reward,
