@@ -1,16 +1,19 @@
-"""The offline epoch loop SAC, TD3, parametric DQN and the neural bandit share: seeded shuffles,
-sharded global minibatches (DDP), per-epoch metrics reduced over processes, checkpoints, resume.
+"""The offline epoch loop every minibatch family shares (DQN and CQL, parametric DQN, SAC, TD3,
+the neural bandit): seeded shuffles, sharded global minibatches (DDP), per-epoch metrics reduced
+over processes, tensorboardX scalars, checkpoints, resume.
 
-It follows `trainer.dqn`'s loop step for step, so every family has the same guarantees: the
-result does not depend on the number of processes (up to float rounding), and a run killed at
-any step and resumed from its newest checkpoint ends exactly where an uninterrupted run ends.
+Every family has the same guarantees: the result does not depend on the number of processes
+(up to float rounding), and a run killed at any step and resumed from its newest checkpoint ends
+exactly where an uninterrupted run ends.
 An algorithm brings two things: a `learner` whose `state_dict`/`load_state_dict` cover all
 its networks, optimizers and counters, and a `step` that makes one update on a `MinibatchShard`.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,57 +81,57 @@ def run_epochs(
     log_dir: Path | None,
     on_step: StepHook | None,
     epoch_metrics: Callable[[], dict[str, float]] | None = None,
+    throughput: list[float] | None = None,
 ) -> list[dict[str, float]]:
     """`loop.num_epochs` shuffled passes of global minibatches; returns one metrics dict per epoch.
 
     An epoch's metric is the row-weighted mean of its per-step values over all processes;
     `epoch_metrics()` (deterministic, computed on every process) adds whole-data metrics.
     The torch RNG is checkpointed, so a `step` may draw from it (the same draws on every process).
+    Each epoch's speed, global rows over the wall time of its steps, is logged as
+    `train/transitions_per_s` and appended to `throughput` when given; it stays out of the
+    returned metrics, which are deterministic.
     """
-    with torch.random.fork_rng(devices=[]):  # a resume sets the RNG state: keep it from the caller
-        return _run(loop, learner, step, ctx, checkpoint, log_dir, on_step, epoch_metrics)
-
-
-def _run(
-    loop: EpochLoop,
-    learner: Stateful,
-    step: MinibatchStep,
-    ctx: DistributedContext,
-    checkpoint: CheckpointConfig | None,
-    log_dir: Path | None,
-    on_step: StepHook | None,
-    epoch_metrics: Callable[[], dict[str, float]] | None,
-) -> list[dict[str, float]]:
     shuffle = torch.Generator().manual_seed(loop.seed)
     progress = _Progress()
-    if checkpoint is not None and checkpoint.resume:
-        saved = load_latest_checkpoint(checkpoint, loop.fingerprint)
-        if saved is not None:
-            progress = _restore(saved, learner)
-    writer = SummaryWriter(str(log_dir)) if log_dir is not None and ctx.is_main else None
-    try:
+    with ExitStack() as cleanup:
+        # A resume sets the torch RNG state: fork it, so the caller's stays as it was.
+        cleanup.enter_context(torch.random.fork_rng(devices=[]))
+        if checkpoint is not None and checkpoint.resume:
+            saved = load_latest_checkpoint(checkpoint, loop.fingerprint)
+            if saved is not None:
+                progress = _restore(saved, learner)
+        writer = SummaryWriter(str(log_dir)) if log_dir is not None and ctx.is_main else None
+        if writer is not None:
+            cleanup.callback(writer.close)
         epochs = epoch_bar(range(progress.epoch, loop.num_epochs), desc=loop.desc, enabled=ctx.is_main)
         for epoch in epochs:
             if progress.epoch_shuffle_state is not None:
                 shuffle.set_state(progress.epoch_shuffle_state)
             progress.epoch, progress.epoch_shuffle_state = epoch, shuffle.get_state()
             batches = torch.randperm(loop.n_rows, generator=shuffle).split(loop.batch_size)
+            started_s, epoch_rows = time.perf_counter(), 0
             for index in range(progress.batch, len(batches)):
                 size = len(batches[index])
                 for name, value in step(ctx.shard(batches[index])).items():
                     progress.sums[name] = progress.sums.get(name, 0.0) + value * size
                     progress.rows[name] = progress.rows.get(name, 0) + size
                 progress.batch, progress.global_step = index + 1, progress.global_step + 1
+                epoch_rows += size
                 if checkpoint is not None and progress.global_step % checkpoint.interval_steps == 0:
                     _checkpoint(checkpoint, ctx, progress, learner, loop.fingerprint)
                 if on_step is not None:
                     on_step(progress.global_step)
+            transitions_per_s = epoch_rows / max(time.perf_counter() - started_s, 1e-9)
             metrics = _reduced_means(progress, ctx)
             if epoch_metrics is not None:
                 metrics.update(epoch_metrics())
             if writer is not None:
                 for name, value in metrics.items():
                     writer.add_scalar(name, value, epoch)
+                writer.add_scalar("train/transitions_per_s", transitions_per_s, epoch)
+            if throughput is not None:
+                throughput.append(transitions_per_s)
             progress.history.append(metrics)
             show_metrics(epochs, metrics, loop.shown)
             # The generator now stands where the next epoch's permutation starts.
@@ -136,9 +139,6 @@ def _run(
             progress.sums, progress.rows = {}, {}
             if checkpoint is not None:
                 _checkpoint(checkpoint, ctx, progress, learner, loop.fingerprint)
-    finally:
-        if writer is not None:
-            writer.close()
     return progress.history
 
 

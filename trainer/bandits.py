@@ -14,7 +14,6 @@ linear ones add `reward_mean` and `exploration_width` outputs (see `trainer.arti
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from trainer.artifact import (
     REWARD_MEAN_OUTPUT,
     DataRange,
 )
-from trainer.checkpoint import CheckpointConfig, tensor_digest
+from trainer.checkpoint import CheckpointConfig, fingerprint_parts
 from trainer.data import build_transitions
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 from trainer.errors import TrainerError, TrainingDataError
@@ -434,7 +433,12 @@ def _fit_neural(
             seed=config.seed,
             desc=config.type,
             shown=("train/reward_mse",),
-            fingerprint=_neural_fingerprint(config, actions, spec, logged),
+            fingerprint=fingerprint_parts(
+                config,
+                spec,
+                (logged.states, logged.actions, logged.rewards, torch.from_numpy(logged.weights)),
+                actions=actions,
+            ),
         )
         history = run_epochs(
             loop,
@@ -449,21 +453,6 @@ def _fit_neural(
         torch.set_num_threads(previous_threads)
     network.eval()
     return network, history
-
-
-def _neural_fingerprint(
-    config: NeuralBanditConfig, actions: list[str], spec: NormalizationSpec, logged: _LoggedRows
-) -> dict[str, str]:
-    """What must match to resume. Epochs may grow and threads may change: same math."""
-    math = config.model_dump(mode="json", exclude={"num_epochs", "num_threads", "device"})
-    return {
-        "algorithm_config": json.dumps(math, sort_keys=True),
-        "actions": json.dumps(actions),
-        "normalization_spec_sha256": spec.content_sha256,
-        "data_sha256": tensor_digest(
-            logged.states, logged.actions, logged.rewards, torch.from_numpy(logged.weights)
-        ),
-    }
 
 
 #: `type` → fit; each takes (rows, spec, actions, config, run) and returns (network, per-epoch metrics).

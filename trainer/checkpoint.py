@@ -11,18 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from features import NormalizationSpec
 from trainer.errors import TrainerError
 
-CHECKPOINT_FORMAT = 1
+# 2: every family's learner state under "learner" (format 1 DQN checkpoints kept it at the top level).
+CHECKPOINT_FORMAT = 2
 _PREFIX = "checkpoint-"
 _SUFFIX = ".pt"
 _REQUIRED_KEYS = ("format", "fingerprint", "fingerprint_parts", "global_step")
+# Config fields that do not change the math: raising `num_epochs` continues a finished run.
+_SAME_MATH_FIELDS = {"num_epochs", "num_threads", "device"}
 
 
 class CheckpointConfig(BaseModel):
@@ -51,6 +56,33 @@ class CheckpointError(TrainerError):
 def run_fingerprint(parts: dict[str, str]) -> str:
     """sha256 over the named parts of a run; equal fingerprints mean the same math from the same data."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def fingerprint_parts(
+    config: BaseModel,
+    spec: NormalizationSpec,
+    data: Sequence[torch.Tensor],
+    *,
+    actions: Sequence[str] | None = None,
+    action_spec: NormalizationSpec | None = None,
+) -> dict[str, str]:
+    """What must match to resume a run, by name (so a mismatch can say which part differs).
+
+    The algorithm config minus `num_epochs`, `num_threads` and `device`; the actions (discrete
+    kinds) or the action features' spec (parametric); the normalization spec; the training tensors.
+    """
+    parts = {
+        "algorithm_config": json.dumps(
+            config.model_dump(mode="json", exclude=_SAME_MATH_FIELDS), sort_keys=True
+        ),
+        "normalization_spec_sha256": spec.content_sha256,
+        "data_sha256": tensor_digest(*data),
+    }
+    if actions is not None:
+        parts["actions"] = json.dumps(list(actions))
+    if action_spec is not None:
+        parts["action_normalization_spec_sha256"] = action_spec.content_sha256
+    return parts
 
 
 def tensor_digest(*tensors: torch.Tensor) -> str:
@@ -105,7 +137,8 @@ def load_checkpoint(path: Path, fingerprint_parts: dict[str, str]) -> dict[str, 
         )
     if state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"checkpoint {path} has format {state['format']}, this code reads format {CHECKPOINT_FORMAT}",
+            f"checkpoint {path} has format {state['format']}, this code reads format {CHECKPOINT_FORMAT}; "
+            "start fresh with another checkpoint.dir (or checkpoint.resume: false)",
             path=path,
         )
     if state["fingerprint"] != run_fingerprint(fingerprint_parts):

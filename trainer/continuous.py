@@ -11,7 +11,6 @@ normalizes a whole minibatch; the same module is baked into the exported actor.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,11 @@ from features import NormalizationModule, NormalizationSpec, build_feature_matri
 from features.spec import ACTION_EPS
 from trainer._minibatch_loop import EpochLoop, run_epochs
 from trainer.artifact import DataRange
-from trainer.checkpoint import CheckpointConfig, tensor_digest
+from trainer.checkpoint import CheckpointConfig, fingerprint_parts
 from trainer.data import checked_rewards, describe_rows, feature_maps
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, MinibatchShard
 from trainer.errors import TrainerError, TrainingDataError
+from trainer.parametric_data import timeline_data_range
 
 ACTION_VECTOR_COLUMN = "action_vector"
 REQUIRED_COLUMNS = (
@@ -415,7 +415,12 @@ def train_continuous(
                 seed=config.seed,
                 desc=algorithm,
                 shown=("train/critic_loss", "train/actor_loss"),
-                fingerprint=_fingerprint_parts(config, actions, spec, data),
+                fingerprint=fingerprint_parts(
+                    config,
+                    spec,
+                    (data.states, data.actions, data.rewards, data.next_states, data.not_terminal),
+                    actions=actions,
+                ),
             )
 
             def step(shard: MinibatchShard) -> dict[str, float]:
@@ -432,30 +437,6 @@ def train_continuous(
         feature_names=list(spec.feature_names),
         actions=list(actions),
         metrics=dict(history[-1]) if history else {},
-        data_range=_data_range(timelines),
+        data_range=timeline_data_range(timelines),
         history=history,
-    )
-
-
-def _fingerprint_parts(
-    config: ContinuousConfig, actions: Sequence[str], spec: NormalizationSpec, data: ContinuousTransitions
-) -> dict[str, str]:
-    """What must match to resume. Epochs may grow and threads may change: same math."""
-    math = config.model_dump(mode="json", exclude={"num_epochs", "num_threads", "device"})
-    return {
-        "algorithm_config": json.dumps(math, sort_keys=True),
-        "actions": json.dumps(list(actions)),
-        "normalization_spec_sha256": spec.content_sha256,
-        "data_sha256": tensor_digest(
-            data.states, data.actions, data.rewards, data.next_states, data.not_terminal
-        ),
-    }
-
-
-def _data_range(timelines: pd.DataFrame) -> DataRange:
-    if "timestamp" not in timelines.columns or len(timelines) == 0:
-        return DataRange(rows=len(timelines))
-    stamps = pd.to_datetime(timelines["timestamp"], utc=True)
-    return DataRange(
-        start=stamps.min().to_pydatetime(), end=stamps.max().to_pydatetime(), rows=len(timelines)
     )

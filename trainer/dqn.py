@@ -8,37 +8,26 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tensorboardX import SummaryWriter
 from torch import nn
 
 from features import NormalizationModule, NormalizationSpec
-from trainer._progress import epoch_bar, show_metrics
+from trainer._minibatch_loop import EpochLoop, ModulesAndOptimizers, StepHook, run_epochs
 from trainer.artifact import DataRange
-from trainer.checkpoint import (
-    CHECKPOINT_FORMAT,
-    CheckpointConfig,
-    load_latest_checkpoint,
-    run_fingerprint,
-    save_checkpoint,
-    tensor_digest,
-)
+from trainer.checkpoint import CheckpointConfig, fingerprint_parts
 from trainer.config import DqnConfig
 from trainer.cql import CqlConfig, conservative_penalty
 from trainer.data import TransitionTensors, build_transitions
-from trainer.distributed import SINGLE_PROCESS, DistributedContext, shard_rows
+from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 from trainer.nstep import n_step_transitions
-
-StepHook = Callable[[int], None]
+from trainer.parametric_data import timeline_data_range
 
 
 class QNetwork(nn.Module):
@@ -116,30 +105,6 @@ def train_dqn(
         torch.set_num_threads(previous_threads)
 
 
-class _StateQ(nn.Module):
-    """Q of the logged states: the only forward that needs gradients, so the one DDP wraps."""
-
-    def __init__(self, network: QNetwork):
-        super().__init__()
-        self.network = network
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.network.q_all(states)
-
-
-@dataclass
-class _Progress:
-    """Where the loop is; everything here goes into a checkpoint."""
-
-    epoch: int = 0
-    batch: int = 0  # next batch within the epoch
-    global_step: int = 0
-    epoch_shuffle_state: torch.Tensor | None = None  # generator state before epoch `epoch`'s permutation
-    td_sum: float = 0.0  # this epoch's squared TD errors so far (all processes)
-    td_count: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def _train(
     timelines: pd.DataFrame,
     spec: NormalizationSpec,
@@ -165,84 +130,64 @@ def _train(
         network = QNetwork(spec, len(actions), config.hidden_sizes, config.dueling).to(device)
     target = copy.deepcopy(network)
     target.requires_grad_(False)
-    state_q = ctx.wrap(_StateQ(network))
+    state_q = ctx.wrap(ForwardOf(network, "q_all"))  # Q of the logged states: the one forward with gradients
     optimizer = torch.optim.Adam(
         [p for p in network.parameters() if p.requires_grad],
         lr=config.learning_rate,
         weight_decay=config.weight_decay,
     )
-    shuffle = torch.Generator().manual_seed(config.seed)
-    progress = _Progress()
-    fingerprint = _fingerprint_parts(config, actions, spec, cpu_data)
-    if checkpoint is not None and checkpoint.resume:
-        saved = load_latest_checkpoint(checkpoint, fingerprint)
-        if saved is not None:
-            progress = _restore(saved, network, target, optimizer, device)
 
-    throughputs: list[float] = []
-    writer = SummaryWriter(str(log_dir)) if ctx.is_main else None
-    try:
-        epochs = epoch_bar(range(progress.epoch, config.num_epochs), desc=config.type, enabled=ctx.is_main)
-        for epoch in epochs:
-            if progress.epoch_shuffle_state is not None:
-                shuffle.set_state(progress.epoch_shuffle_state)
-            progress.epoch, progress.epoch_shuffle_state = epoch, shuffle.get_state()
-            batches = torch.randperm(data.n_rows, generator=shuffle).split(config.batch_size)
-            started, first_batch = time.perf_counter(), progress.batch
-            for index in range(progress.batch, len(batches)):
-                global_rows = batches[index]
-                rows = shard_rows(global_rows, ctx.rank, ctx.world_size).to(device)
-                squared, row_loss = _row_losses(state_q, network, target, data, rows, config)
-                # DDP averages gradients over processes: scaling by world/global makes that average
-                # the gradient of the mean over the whole global batch, whatever the shard sizes.
-                loss = row_loss.sum() * (ctx.world_size / len(global_rows))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                _soft_update(target, network, config.target_update_tau)
-                progress.batch, progress.global_step = index + 1, progress.global_step + 1
-                progress.td_sum += float(squared.detach().sum())
-                progress.td_count += len(rows)
-                if checkpoint is not None and progress.global_step % checkpoint.interval_steps == 0:
-                    _checkpoint(checkpoint, ctx, progress, network, target, optimizer, fingerprint)
-                if on_step is not None:
-                    on_step(progress.global_step)
-            elapsed_s = time.perf_counter() - started
-            transitions = sum(len(b) for b in batches[first_batch:])
-            totals = ctx.all_reduce_sum(
-                torch.tensor([progress.td_sum, float(progress.td_count)], device=device)
-            )
-            metrics = {
-                "train/td_loss": float(totals[0] / totals[1]),
-                "train/learning_rate": float(optimizer.param_groups[0]["lr"]),
-            }
-            throughputs.append(transitions / max(elapsed_s, 1e-9))
-            if ctx.is_main:
-                metrics.update(_epoch_metrics(network, data, actions))
-                for name, value in metrics.items():
-                    writer.add_scalar(name, value, epoch)
-                # Wall-clock speed is logged but kept out of `metrics`, which are deterministic.
-                writer.add_scalar("train/transitions_per_s", throughputs[-1], epoch)
-            progress.history.append(metrics)
-            show_metrics(epochs, metrics, ("train/td_loss",))
-            # The generator now stands where the next epoch's permutation starts.
-            progress.epoch, progress.batch, progress.epoch_shuffle_state = epoch + 1, 0, shuffle.get_state()
-            progress.td_sum, progress.td_count = 0.0, 0
-            if checkpoint is not None:
-                _checkpoint(checkpoint, ctx, progress, network, target, optimizer, fingerprint)
-    finally:
-        if writer is not None:
-            writer.close()
+    def step(shard: MinibatchShard) -> dict[str, float]:
+        rows = shard.rows.to(device)
+        squared, row_loss = _row_losses(state_q, network, target, data, rows, config)
+        loss = row_loss.sum() * shard.loss_scale
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _soft_update(target, network, config.target_update_tau)
+        return {"train/td_loss": float(squared.detach().sum()) * shard.loss_scale}
 
+    def epoch_metrics() -> dict[str, float]:
+        return {
+            "train/learning_rate": float(optimizer.param_groups[0]["lr"]),
+            **_epoch_metrics(network, data, actions),
+        }
+
+    loop = EpochLoop(
+        n_rows=data.n_rows,
+        batch_size=config.batch_size,
+        num_epochs=config.num_epochs,
+        seed=config.seed,
+        desc=config.type,
+        shown=("train/td_loss",),
+        fingerprint=fingerprint_parts(
+            config,
+            spec,
+            (cpu_data.states, cpu_data.next_states, cpu_data.actions, cpu_data.rewards),
+            actions=actions,
+        ),
+    )
+    throughput: list[float] = []
+    history = run_epochs(
+        loop,
+        ModulesAndOptimizers({"online": network, "target": target}, {"optimizer": optimizer}),
+        step,
+        ctx,
+        checkpoint=checkpoint,
+        log_dir=log_dir,
+        on_step=on_step,
+        epoch_metrics=epoch_metrics,
+        throughput=throughput,
+    )
     network.eval()
     return TrainingResult(
         network=network.cpu(),
         feature_names=feature_names,
         actions=actions,
-        metrics=dict(progress.history[-1]) if progress.history else {},
-        data_range=_data_range(timelines),
-        history=progress.history,
-        transitions_per_s=float(np.mean(throughputs)) if throughputs else 0.0,
+        metrics=dict(history[-1]) if history else {},
+        data_range=timeline_data_range(timelines),
+        history=history,
+        transitions_per_s=float(np.mean(throughput)) if throughput else 0.0,
     )
 
 
@@ -278,72 +223,6 @@ def _row_losses(
     return squared, squared
 
 
-def _fingerprint_parts(
-    config: DqnConfig, actions: list[str], spec: NormalizationSpec, data: TransitionTensors
-) -> dict[str, str]:
-    """What must match to resume. Epochs may grow and threads/device may change: same math."""
-    math = config.model_dump(mode="json", exclude={"num_epochs", "num_threads", "device"})
-    return {
-        "algorithm_config": json.dumps(math, sort_keys=True),
-        "actions": json.dumps(actions),
-        "normalization_spec_sha256": spec.content_sha256,
-        "data_sha256": tensor_digest(data.states, data.next_states, data.actions, data.rewards),
-    }
-
-
-def _checkpoint(
-    config: CheckpointConfig,
-    ctx: DistributedContext,
-    progress: _Progress,
-    network: QNetwork,
-    target: QNetwork,
-    optimizer: torch.optim.Optimizer,
-    fingerprint: dict[str, str],
-) -> None:
-    """Rank 0 writes; the others wait, so a checkpoint on disk never runs ahead of any process."""
-    if ctx.is_main:
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "fingerprint": run_fingerprint(fingerprint),
-            "fingerprint_parts": fingerprint,
-            "global_step": progress.global_step,
-            "epoch": progress.epoch,
-            "batch": progress.batch,
-            "epoch_shuffle_state": progress.epoch_shuffle_state,
-            "td_sum": progress.td_sum,
-            "td_count": progress.td_count,
-            "history": progress.history,
-            "online": network.state_dict(),
-            "target": target.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        save_checkpoint(config, state)
-    ctx.barrier()
-
-
-def _restore(
-    saved: dict, network: QNetwork, target: QNetwork, optimizer: torch.optim.Optimizer, device: torch.device
-) -> _Progress:
-    network.load_state_dict(saved["online"])
-    target.load_state_dict(saved["target"])
-    optimizer.load_state_dict(saved["optimizer"])
-    for state in optimizer.state.values():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and key != "step":
-                state[key] = value.to(device)
-    torch.set_rng_state(saved["torch_rng"])
-    return _Progress(
-        epoch=int(saved["epoch"]),
-        batch=int(saved["batch"]),
-        global_step=int(saved["global_step"]),
-        epoch_shuffle_state=saved["epoch_shuffle_state"],
-        td_sum=float(saved["td_sum"]),
-        td_count=int(saved["td_count"]),
-        history=[dict(h) for h in saved["history"]],
-    )
-
-
 def _to_device(data: TransitionTensors, device: torch.device) -> TransitionTensors:
     if device.type == "cpu":
         return data
@@ -373,12 +252,3 @@ def _epoch_metrics(network: QNetwork, data: TransitionTensors, actions: list[str
         metrics[f"train/model_action_share/{name}"] = float((greedy == i).float().mean())
         metrics[f"train/logged_action_share/{name}"] = float((data.actions == i).float().mean())
     return metrics
-
-
-def _data_range(timelines: pd.DataFrame) -> DataRange:
-    if "timestamp" not in timelines.columns or len(timelines) == 0:
-        return DataRange(rows=len(timelines))
-    stamps = pd.to_datetime(timelines["timestamp"], utc=True)
-    return DataRange(
-        start=stamps.min().to_pydatetime(), end=stamps.max().to_pydatetime(), rows=len(timelines)
-    )

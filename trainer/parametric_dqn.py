@@ -9,7 +9,6 @@ Timeline columns: `trainer.parametric_data`. ONNX contract: `trainer.artifact` (
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,11 +30,10 @@ from trainer.artifact import (
     SCORES_OUTPUT,
     DataRange,
 )
-from trainer.checkpoint import CheckpointConfig, tensor_digest
+from trainer.checkpoint import CheckpointConfig, fingerprint_parts
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 from trainer.graph_export import export_graph
 from trainer.parametric_data import (
-    ParametricTransitions,
     build_parametric_transitions,
     candidate_tensor,
     fit_action_normalization,
@@ -219,7 +217,20 @@ def _train(
         seed=config.seed,
         desc=config.type,
         shown=("train/td_loss",),
-        fingerprint=_fingerprint_parts(config, spec, action_spec, data),
+        fingerprint=fingerprint_parts(
+            config,
+            spec,
+            (
+                data.states,
+                data.action_features,
+                data.rewards,
+                data.not_terminal,
+                data.next_states,
+                data.next_candidates,
+                data.next_mask,
+            ),
+            action_spec=action_spec,
+        ),
     )
     history = run_epochs(
         loop,
@@ -232,30 +243,6 @@ def _train(
         epoch_metrics=lambda: _q_metrics(network, data.states, data.action_features),
     )
     return network.eval(), history
-
-
-def _fingerprint_parts(
-    config: ParametricDqnConfig,
-    spec: NormalizationSpec,
-    action_spec: NormalizationSpec,
-    data: ParametricTransitions,
-) -> dict[str, str]:
-    """What must match to resume. Epochs may grow and threads may change: same math."""
-    math = config.model_dump(mode="json", exclude={"num_epochs", "num_threads", "device"})
-    return {
-        "algorithm_config": json.dumps(math, sort_keys=True),
-        "normalization_spec_sha256": spec.content_sha256,
-        "action_normalization_spec_sha256": action_spec.content_sha256,
-        "data_sha256": tensor_digest(
-            data.states,
-            data.action_features,
-            data.rewards,
-            data.not_terminal,
-            data.next_states,
-            data.next_candidates,
-            data.next_mask,
-        ),
-    }
 
 
 def _next_value(

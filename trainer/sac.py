@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from features import NormalizationSpec
+from trainer._minibatch_loop import ModulesAndOptimizers
 from trainer.continuous import (
     ContinuousActor,
     ContinuousConfig,
@@ -93,6 +94,14 @@ class SacLearner:
         self.steps = 0
         self._critic = distributed.wrap(self.critic)
         self._sample = distributed.wrap(ForwardOf(self.actor, "sample"))
+        self._saved = ModulesAndOptimizers(
+            {"actor": self.actor, "critic": self.critic, "critic_target": self.critic_target},
+            {
+                "actor_optimizer": self.actor_optimizer,
+                "critic_optimizer": self.critic_optimizer,
+                "alpha_optimizer": self.alpha_optimizer,
+            },
+        )
 
     def update(self, batch: ContinuousTransitions, shard: MinibatchShard | None = None) -> dict[str, float]:
         config = self.config
@@ -133,26 +142,12 @@ class SacLearner:
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "log_alpha": self.log_alpha.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "alpha_optimizer": self.alpha_optimizer.state_dict(),
-            "steps": self.steps,
-        }
+        return {**self._saved.state_dict(), "log_alpha": self.log_alpha.detach().clone(), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
+        self._saved.load_state_dict(state)
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
         self.steps = int(state["steps"])
 
 

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 
 from features import NormalizationSpec
+from trainer._minibatch_loop import ModulesAndOptimizers
 from trainer.continuous import (
     ContinuousActor,
     ContinuousConfig,
@@ -77,6 +78,15 @@ class Td3Learner:
         self.steps = 0
         self._critic = distributed.wrap(self.critic)
         self._act = distributed.wrap(ForwardOf(self.actor, "act"))
+        self._saved = ModulesAndOptimizers(
+            {
+                "actor": self.actor,
+                "actor_target": self.actor_target,
+                "critic": self.critic,
+                "critic_target": self.critic_target,
+            },
+            {"actor_optimizer": self.actor_optimizer, "critic_optimizer": self.critic_optimizer},
+        )
 
     def update(self, batch: ContinuousTransitions, shard: MinibatchShard | None = None) -> dict[str, float]:
         config = self.config
@@ -110,23 +120,10 @@ class Td3Learner:
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "steps": self.steps,
-        }
+        return {**self._saved.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.actor_target.load_state_dict(state["actor_target"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self._saved.load_state_dict(state)
         self.steps = int(state["steps"])
 
 

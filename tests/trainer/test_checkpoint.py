@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from stopped_runs import Killed, kill_at
 from timeline_files import write_run_config, write_timelines
 from trainer_timelines import TWO_STEP_ACTIONS, fit_spec, make_bandit_timelines, make_two_step_timelines
 
@@ -22,18 +23,6 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = DqnConfig(gamma=0.9, num_epochs=4, batch_size=32, learning_rate=3e-3, hidden_sizes=[16, 16], seed=3)
 
 
-class _Killed(Exception):
-    pass
-
-
-def _kill_at(step: int):
-    def hook(global_step: int) -> None:
-        if global_step == step:
-            raise _Killed(f"killed after step {global_step}")
-
-    return hook
-
-
 def _assert_same_weights(first: dict, second: dict) -> None:
     assert first.keys() == second.keys()
     for name, tensor in first.items():
@@ -41,19 +30,19 @@ def _assert_same_weights(first: dict, second: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("interval_steps", "kill_at", "kept"),
+    ("interval_steps", "kill_step", "kept"),
     [(3, 11, [8, 9]), (100, 6, [4])],
     ids=["mid-epoch", "epoch-boundary"],
 )
 def test_stopped_run_resumes_to_the_uninterrupted_result(
-    tmp_path: Path, interval_steps: int, kill_at: int, kept: list[int]
+    tmp_path: Path, interval_steps: int, kill_step: int, kept: list[int]
 ) -> None:
     timelines = make_two_step_timelines(80, seed=4)  # 4 steps an epoch
     spec = fit_spec(timelines)
     checkpoint = CheckpointConfig(dir=tmp_path / "ckpt", interval_steps=interval_steps)
     uninterrupted = train_dqn(timelines, spec, TWO_STEP_ACTIONS, CONFIG, tmp_path / "a")
 
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         train_dqn(
             timelines,
             spec,
@@ -61,7 +50,7 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(
             CONFIG,
             tmp_path / "b",
             checkpoint=checkpoint,
-            on_step=_kill_at(kill_at),
+            on_step=kill_at(kill_step),
         )
     steps = [int(p.stem.split("-")[1]) for p in list_checkpoints(checkpoint.dir)]
     assert steps == kept, "every epoch end and every interval_steps; the 2 newest are kept"
@@ -83,11 +72,12 @@ def test_checkpoints_are_plain_state_dicts_loadable_without_code(tmp_path: Path)
 
     newest = list_checkpoints(checkpoint.dir)[-1]
     state = torch.load(newest, weights_only=True)
-    assert {"online", "target", "optimizer", "torch_rng", "epoch", "global_step", "fingerprint"} <= set(state)
+    assert {"learner", "torch_rng", "epoch", "global_step", "fingerprint"} <= set(state)
+    assert {"online", "target", "optimizer"} <= set(state["learner"])
     assert state["epoch"] == CONFIG.num_epochs and isinstance(
-        state["online"]["advantage.weight"], torch.Tensor
+        state["learner"]["online"]["advantage.weight"], torch.Tensor
     )
-    assert state["optimizer"]["state"], "Adam moments are saved"
+    assert state["learner"]["optimizer"]["state"], "Adam moments are saved"
 
 
 @pytest.mark.parametrize(
@@ -103,7 +93,7 @@ def test_resume_refuses_a_checkpoint_from_a_different_run(
     timelines = make_two_step_timelines(40, seed=6)
     spec = fit_spec(timelines)
     checkpoint = CheckpointConfig(dir=tmp_path / "ckpt", interval_steps=2)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         train_dqn(
             timelines,
             spec,
@@ -111,7 +101,7 @@ def test_resume_refuses_a_checkpoint_from_a_different_run(
             CONFIG,
             tmp_path / "tb",
             checkpoint=checkpoint,
-            on_step=_kill_at(2),
+            on_step=kill_at(2),
         )
     data = make_two_step_timelines(40, seed=7) if other_data else timelines
 
@@ -129,6 +119,27 @@ def test_resume_refuses_a_checkpoint_from_a_different_run(
         )
         == 5
     )
+
+
+def test_resume_refuses_a_checkpoint_of_an_older_format(tmp_path: Path) -> None:
+    """Format 1 DQN checkpoints kept the networks at the top level; this code reads format 2."""
+    timelines = make_two_step_timelines(40, seed=6)
+    old = tmp_path / "ckpt" / "checkpoint-0000000002.pt"
+    old.parent.mkdir()
+    torch.save(
+        {"format": 1, "fingerprint": "0" * 64, "fingerprint_parts": {}, "global_step": 2, "online": {}}, old
+    )
+
+    with pytest.raises(CheckpointError, match="has format 1, this code reads format 2") as caught:
+        train_dqn(
+            timelines,
+            fit_spec(timelines),
+            TWO_STEP_ACTIONS,
+            CONFIG,
+            tmp_path / "tb",
+            checkpoint=CheckpointConfig(dir=old.parent),
+        )
+    assert caught.value.path == old and "checkpoint.resume: false" in str(caught.value)
 
 
 def test_sigkilled_cli_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
@@ -180,5 +191,5 @@ def test_sigkilled_cli_run_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
     last = torch.load(list_checkpoints(killed.checkpoint.dir)[-1], weights_only=True)
     last_fresh = torch.load(list_checkpoints(tmp_path / "fresh")[-1], weights_only=True)
     assert last["global_step"] == last_fresh["global_step"] == 20 * 30
-    _assert_same_weights(last_fresh["online"], last["online"])
+    _assert_same_weights(last_fresh["learner"]["online"], last["learner"]["online"])
     assert resumed.training_metrics == pytest.approx(fresh.training_metrics, rel=1e-5)

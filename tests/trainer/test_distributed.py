@@ -62,11 +62,10 @@ def test_two_process_torchrun_run_matches_one_process(tmp_path: Path) -> None:
     final_one = torch.load(list_checkpoints(tmp_path / "one" / "ckpt")[-1], weights_only=True)
     final_two = torch.load(list_checkpoints(tmp_path / "two" / "ckpt")[-1], weights_only=True)
     assert final_one["global_step"] == final_two["global_step"] == 6 * 5, "global batch is the same"
-    for name, tensor in final_one["online"].items():
-        torch.testing.assert_close(final_two["online"][name], tensor, rtol=0, atol=1e-4, msg=name)
-    changed = max(
-        float((final_one["online"][n] - final_one["target"][n]).abs().max()) for n in final_one["online"]
-    )
+    one_online, one_target = final_one["learner"]["online"], final_one["learner"]["target"]
+    for name, tensor in one_online.items():
+        torch.testing.assert_close(final_two["learner"]["online"][name], tensor, rtol=0, atol=1e-4, msg=name)
+    changed = max(float((one_online[n] - one_target[n]).abs().max()) for n in one_online)
     assert changed > 1e-3, "training moved the weights, so matching them is not trivial"
     assert final_two["history"][-1]["train/td_loss"] == pytest.approx(
         final_one["history"][-1]["train/td_loss"], rel=1e-4

@@ -8,21 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from family_runs import EPOCHS, FAMILIES, LINEAR, STEPS_PER_EPOCH, train
+from stopped_runs import Killed, kill_at
 
 from trainer import CheckpointConfig, CheckpointError, TrainerError
 from trainer.checkpoint import list_checkpoints
-
-
-class _Killed(Exception):
-    pass
-
-
-def _kill_at(step: int):
-    def hook(global_step: int) -> None:
-        if global_step == step:
-            raise _Killed(f"killed after step {global_step}")
-
-    return hook
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -32,8 +21,8 @@ def test_stopped_run_resumes_to_the_uninterrupted_result(name: str, tmp_path: Pa
     checkpoint = CheckpointConfig(dir=tmp_path / "ckpt", interval_steps=3)
     uninterrupted = train(family, tmp_path / "a", timelines=timelines)
 
-    with pytest.raises(_Killed):
-        train(family, tmp_path / "b", timelines=timelines, checkpoint=checkpoint, on_step=_kill_at(10))
+    with pytest.raises(Killed):
+        train(family, tmp_path / "b", timelines=timelines, checkpoint=checkpoint, on_step=kill_at(10))
     steps = [int(p.stem.split("-")[1]) for p in list_checkpoints(checkpoint.dir)]
     # Every 3 steps and every epoch end (4 steps an epoch); the newest 2 are kept. Step 9 is odd and
     # mid-epoch, so the resumed run needs the update counter (policy_delay 2) and the epoch's sums.
@@ -63,8 +52,8 @@ def test_resume_refuses_a_checkpoint_from_a_different_run(name: str, tmp_path: P
     family = FAMILIES[name]
     timelines = family.timelines()
     checkpoint = CheckpointConfig(dir=tmp_path / "ckpt", interval_steps=2)
-    with pytest.raises(_Killed):
-        train(family, tmp_path / "tb", timelines=timelines, checkpoint=checkpoint, on_step=_kill_at(2))
+    with pytest.raises(Killed):
+        train(family, tmp_path / "tb", timelines=timelines, checkpoint=checkpoint, on_step=kill_at(2))
     other_seed = family.config.model_copy(update={"seed": family.config.seed + 1})
 
     with pytest.raises(CheckpointError) as caught:
