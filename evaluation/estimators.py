@@ -11,17 +11,21 @@ better than the logged policy" when rewards are costs (L < 0), so 1.0 reads "as 
 logged policy" either way. Each estimator is a function of
 column means, so all of them share one bootstrap of the rows: percentile intervals for the
 value and for the normalized value (numerator and denominator resampled together).
+
+An estimator that cannot be computed for the data by design (PDIS when its cumulative weights
+exceed float64 over long episodes) is reported with `available=False`, its numbers None and a
+warning saying why, never as a NaN that reads like a corrupt input (`mark_unavailable`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evaluation.errors import EvaluationError
 
@@ -55,24 +59,33 @@ EstimatorName = Literal[
     "kernel_magic",
 ]
 ONE_STEP_ESTIMATORS: tuple[EstimatorName, ...] = ("dm", "ips", "snips", "dr", "sndr", "switch_dr")
+# The numbers an unavailable estimate leaves out (None).
+_ESTIMATE_NUMBERS = ("value", "normalized", "ci_low", "ci_high", "normalized_ci_low", "normalized_ci_high")
 
 
 class Estimate(BaseModel):
-    """One estimator's answer with its uncertainty and the weight diagnostics that explain it."""
+    """One estimator's answer with its uncertainty and the weight diagnostics that explain it.
+
+    `available` False: the estimator cannot be computed for these data by design (e.g. PDIS whose
+    cumulative weights exceed float64 over long episodes); the six numbers are then None and the
+    first warning says why. Otherwise they are all set (possibly non-finite on bad input)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
     schema_version: Literal[1] = 1
     estimator: EstimatorName
-    value: float = Field(description="estimated mean reward per decision (per episode for sequential ones)")
-    normalized: float = Field(
+    available: bool = Field(True, description="False when the estimator cannot be computed for these data")
+    value: float | None = Field(
+        description="estimated mean reward per decision (per episode for sequential ones); None if unavailable"
+    )
+    normalized: float | None = Field(
         description="1 + (value − logged)/|logged| (= value/logged for a positive logged value); "
         "1.0 = as good as the logged policy"
     )
-    ci_low: float
-    ci_high: float
-    normalized_ci_low: float
-    normalized_ci_high: float
+    ci_low: float | None
+    ci_high: float | None
+    normalized_ci_low: float | None
+    normalized_ci_high: float | None
     confidence: float
     bootstrap_samples: int
     n: int = Field(description="decisions (one-step) or episodes (sequential) used")
@@ -82,31 +95,54 @@ class Estimate(BaseModel):
     )
     min_propensity: float = Field(description="smallest logged propensity (a density for continuous actions)")
     max_propensity: float
-    max_weight: float | None
+    max_weight: float | None = Field(
+        description="largest importance weight; None when the estimator uses none or it exceeds float64"
+    )
+    max_log_weight: float | None = Field(
+        None, description="log of the largest cumulative weight (sequential), finite where max_weight is not"
+    )
     clipped_share: float | None = Field(
         None, description="share of decisions whose weight exceeded the switch threshold (switch_dr); else 0"
     )
     reliable: bool = True
     warnings: list[str] = Field(default_factory=list, description="why the estimate is not to be trusted")
 
+    @model_validator(mode="after")
+    def _numbers_match_availability(self) -> Self:
+        numbers = {name: getattr(self, name) for name in _ESTIMATE_NUMBERS}
+        missing = [name for name, v in numbers.items() if v is None]
+        if self.available and missing:
+            raise ValueError(f"estimate {self.estimator} is available but {missing} are None")
+        if not self.available and len(missing) < len(numbers):
+            raise ValueError(f"estimate {self.estimator} is unavailable, so {list(numbers)} must all be None")
+        if not self.available and (self.reliable or not self.warnings):
+            raise ValueError(f"estimate {self.estimator} is unavailable: it must be unreliable and say why")
+        return self
+
 
 # --- shared bootstrap -------------------------------------------------------------------------
-def bootstrap_column_means(columns: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
-    """Mean of every column on each of `n_resamples` resamples of the rows: [n_resamples, K].
+def bootstrap_counts(n: int, n_resamples: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first resample, counts [size, n]) chunks: how often each of `n` rows is drawn per resample.
 
     Resamples are drawn as an index matrix in chunks and turned into per-row counts with one
     bincount, so a million rows × 200 resamples needs neither a Python loop per row nor GBs.
+    The same `seed` gives the same resamples as `bootstrap_column_means`.
     """
-    n = columns.shape[0]
     rng = np.random.default_rng(seed)
-    out = np.empty((n_resamples, columns.shape[1]), dtype=np.float64)
     chunk = max(1, min(n_resamples, _MAX_INDICES_PER_CHUNK // max(n, 1)))
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)
         idx = rng.integers(0, n, size=(size, n))
         idx += (np.arange(size) * n)[:, None]
-        counts = np.bincount(idx.ravel(), minlength=size * n).reshape(size, n)
-        out[start : start + size] = (counts @ columns) / n
+        yield start, np.bincount(idx.ravel(), minlength=size * n).reshape(size, n)
+
+
+def bootstrap_column_means(columns: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """Mean of every column on each of `n_resamples` resamples of the rows: [n_resamples, K]."""
+    n = columns.shape[0]
+    out = np.empty((n_resamples, columns.shape[1]), dtype=np.float64)
+    for start, counts in bootstrap_counts(n, n_resamples, seed):
+        out[start : start + counts.shape[0]] = (counts @ columns) / n
     return out
 
 
@@ -255,7 +291,7 @@ def mark_reliability(estimate: Estimate) -> Estimate:
     """Flag what makes an estimate untrustworthy instead of returning a silent number."""
     warnings = list(estimate.warnings)
     numbers = (estimate.value, estimate.ci_low, estimate.ci_high)
-    if not all(math.isfinite(v) for v in numbers):
+    if estimate.available and not all(v is not None and math.isfinite(v) for v in numbers):
         warnings.append(f"{estimate.estimator}: the value or its interval is not finite")
     if estimate.n < TINY_SAMPLE:
         warnings.append(
@@ -273,6 +309,18 @@ def mark_reliability(estimate: Estimate) -> Estimate:
             "takes the logged actions"
         )
     return estimate.model_copy(update={"warnings": warnings, "reliable": not warnings})
+
+
+def mark_unavailable(estimate: Estimate, reason: str) -> Estimate:
+    """The estimate as not computable for these data: numbers None, `reason` its first warning.
+
+    For estimators whose arithmetic cannot hold the answer by design (weights beyond float64), so
+    that a report tells "not computable for this horizon" apart from a NaN caused by bad input.
+    The other warnings are recomputed (`mark_reliability`), dropping the "not finite" one.
+    """
+    fields = estimate.model_dump()
+    fields.update(dict.fromkeys(_ESTIMATE_NUMBERS), available=False, warnings=[reason], reliable=False)
+    return mark_reliability(Estimate.model_validate(fields))
 
 
 # --- one-step estimators ----------------------------------------------------------------------

@@ -63,6 +63,11 @@ class GateDecision(BaseModel):
     )
     config: GateConfig
     alerts: list[GateAlert] = Field(default_factory=list)
+    notes: list[str] = Field(
+        default_factory=list,
+        description="reported but not blocking: estimators that cannot be computed for these data by design "
+        "(e.g. PDIS whose cumulative weights exceed float64 over long episodes), each with why",
+    )
     summary: str = Field("", description="the plain-language verdict with the outcome, for people")
     deployed: bool = False
     decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -73,12 +78,15 @@ def _finite(*values: float | None) -> bool:
 
 
 def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig) -> GateDecision:
-    """Approve only if the normalized DR lower bound ≥ threshold, ESS ≥ minimum, every estimate is
-    finite, the report is reliable and (when `max_swing` is set) the DR value moved at most
-    `max_swing` relative to the previous model's report; a larger swing also raises an alert.
+    """Approve only if the normalized DR lower bound ≥ threshold, ESS ≥ minimum, every computable
+    estimate is finite, the report is reliable and (when `max_swing` is set) the DR value moved at
+    most `max_swing` relative to the previous model's report; a larger swing also raises an alert.
 
     "DR" is the report's headline: `dr`, or `kernel_dr` (kernel-smoothed weights) for continuous
-    actions; the checks and their keys are the same for every action kind."""
+    actions; the checks and their keys are the same for every action kind. A secondary estimate
+    that cannot be computed for these data by design (`Estimate.available` False, e.g. PDIS over
+    a horizon where its weights exceed float64) is listed in `notes` and does not block; one that
+    is computable but NaN or infinite points at bad input and blocks."""
     dr = report.headline_estimate
     reasons: list[str] = []
     alerts: list[GateAlert] = []
@@ -90,7 +98,11 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         "logged_value": report.logged_value,
     }
     values = (dr.value, dr.normalized, dr.ci_low, dr.ci_high, dr.normalized_ci_low, dr.normalized_ci_high)
-    if not _finite(*values, dr.effective_sample_size, report.logged_value):
+    if not dr.available:
+        reasons.append(
+            f"the headline estimate {report.headline} cannot be computed: {'; '.join(dr.warnings)}"
+        )
+    elif not _finite(*values, dr.effective_sample_size, report.logged_value):
         reasons.append(
             f"the DR estimate has non-finite values (value {dr.value}, interval {dr.ci_low}..{dr.ci_high})"
         )
@@ -99,16 +111,22 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
             f"normalized DR lower bound {dr.normalized_ci_low:.4f} is below the threshold {config.threshold:.4f} "
             f"(estimate {dr.normalized:.4f}×, {int(round(dr.confidence * 100))}% interval)"
         )
+    secondary = {name: e for name, e in report.estimates.items() if name != report.headline}
     broken = sorted(
-        name
-        for name, e in report.estimates.items()
-        if name != report.headline and not _finite(e.value, e.ci_low, e.ci_high)
+        name for name, e in secondary.items() if e.available and not _finite(e.value, e.ci_low, e.ci_high)
     )
     if broken:
+        why = "; ".join(w for name in broken for w in secondary[name].warnings if w.startswith(f"{name}:"))
         reasons.append(
-            f"estimates {broken} are NaN or infinite; a corrupt input or an overflowing weight is likely — "
-            "inspect the report's weight diagnostics"
+            f"estimates {broken} are NaN or infinite although computable for these data: a corrupt input, "
+            "or too few episodes that support the target policy — inspect the report's weight diagnostics"
+            + (f" ({why})" if why else "")
         )
+    notes = [
+        f"{e.warnings[0]} (reported, does not block: the gate decides on {report.headline})"
+        for _, e in sorted(secondary.items())
+        if not e.available
+    ]
     ess = dr.effective_sample_size
     if ess is not None and math.isfinite(ess) and ess < config.min_effective_sample_size:
         reasons.append(
@@ -117,8 +135,8 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         )
     if not report.reliable:
         reasons.append(f"the report is marked unreliable: {'; '.join(report.warnings)}")
-    if config.max_swing is not None and previous is not None:
-        before = previous.headline_estimate.value
+    before = previous.headline_estimate.value if previous is not None else None
+    if config.max_swing is not None and previous is not None and before is not None and dr.value is not None:
         swing = abs(dr.value - before) / abs(before) if before != 0 else (0.0 if dr.value == 0 else math.inf)
         checked["previous_dr_value"] = before
         checked["swing"] = swing
@@ -141,6 +159,9 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
                 )
             )
     outcome = "approved" if not reasons else f"rejected: {'; '.join(reasons)}"
+    unavailable = sorted(name for name, e in secondary.items() if not e.available)
+    if unavailable:
+        outcome += f"; not computable for these data, not blocking: {unavailable}"
     return GateDecision(
         model_version=report.model_version,
         approved=not reasons,
@@ -148,6 +169,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         checked=checked,
         config=config,
         alerts=alerts,
+        notes=notes,
         summary=f"{_short_verdict(report)}; {outcome}",
     )
 
@@ -155,6 +177,10 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
 def _short_verdict(report: CpeReport) -> str:
     e = report.headline_estimate
     pct = int(round(e.confidence * 100))
+    if not e.available:
+        return (
+            f"the new policy ({report.model_version}) could not be estimated ({report.headline} unavailable)"
+        )
     return (
         f"the new policy ({report.model_version}) is estimated at {e.normalized:.2f}× the logged policy "
         f"({pct} % CI {e.normalized_ci_low:.2f}–{e.normalized_ci_high:.2f})"
@@ -236,7 +262,7 @@ def evaluate_and_gate(
         )
         decision = decision.model_copy(update={"deployed": True})
     _save_decision(decision, out_dir)
-    save_html_report(report, out_dir, decision.summary, decision.reasons)
+    save_html_report(report, out_dir, decision.summary, decision.reasons, decision.notes)
     if tensorboard_dir is not None:
         write_tensorboard_scalars(report, tensorboard_dir)
     return report, decision

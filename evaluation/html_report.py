@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.estimators import Estimate
 from evaluation.report import CpeReport
 
 HTML_FILE = "report.html"
@@ -40,13 +41,17 @@ def _plots(report: CpeReport) -> dict[str, str]:
     est = [report.estimates[n] for n in names]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
     y = np.arange(len(names))
-    centers = np.array([e.normalized for e in est])
-    low = np.array([e.normalized_ci_low for e in est])
-    high = np.array([e.normalized_ci_high for e in est])
+    centers = np.array([_number(e.normalized) for e in est])
+    low = np.array([_number(e.normalized_ci_low) for e in est])
+    high = np.array([_number(e.normalized_ci_high) for e in est])
     ok = np.isfinite(centers) & np.isfinite(low) & np.isfinite(high)
     ax.errorbar(centers[ok], y[ok], xerr=[centers[ok] - low[ok], high[ok] - centers[ok]], fmt="o", capsize=3)
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax.set_yticks(y, [n + ("" if e.reliable else " (unreliable)") for n, e in zip(names, est, strict=True)])
+    labels = [
+        n + ("" if e.reliable else " (unreliable)" if e.available else " (not computable)")
+        for n, e in zip(names, est, strict=True)
+    ]
+    ax.set_yticks(y, labels)
     ax.set_xlabel("value relative to the logged policy (1.0 = as good)")
     ax.set_title("Estimates and intervals per estimator")
     plots["estimates"] = _png(fig)
@@ -104,25 +109,50 @@ def _plots(report: CpeReport) -> dict[str, str]:
     return plots
 
 
+def _number(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "–"
     return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
 
 
+def _estimate_row(name: str, e: Estimate) -> str:
+    """One row of the estimates table; an estimator not computable for these data says so and why."""
+    esc = html.escape
+    max_weight = (
+        _fmt(e.max_weight)
+        if e.max_weight is not None or e.max_log_weight is None
+        else f"exp({e.max_log_weight:.1f})"
+    )
+    if not e.available:
+        numbers = '<td colspan="4">not computable for these data</td>'
+        status = "NOT COMPUTABLE (by design, not a data error; does not block the gate): "
+        status += esc("; ".join(e.warnings))
+    else:
+        numbers = (
+            f"<td>{_fmt(e.value)}</td><td>{_fmt(e.ci_low)} – {_fmt(e.ci_high)}</td>"
+            f"<td>{_fmt(e.normalized, 3)}×</td><td>{_fmt(e.normalized_ci_low, 3)} – {_fmt(e.normalized_ci_high, 3)}</td>"
+        )
+        status = "yes" if e.reliable else "NO: " + esc("; ".join(e.warnings))
+    return (
+        f"<tr><td>{esc(name)}</td>{numbers}<td>{_fmt(e.effective_sample_size, 5)}</td><td>{max_weight}</td>"
+        f"<td>{_fmt(e.clipped_share, 3)}</td><td>{status}</td></tr>"
+    )
+
+
 def render_html(
-    report: CpeReport, decision_summary: str | None = None, reasons: list[str] | None = None
+    report: CpeReport,
+    decision_summary: str | None = None,
+    reasons: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> str:
-    """The report as one HTML page; `decision_summary`/`reasons` come from the gate when known."""
+    """The report as one HTML page; `decision_summary`/`reasons`/`notes` come from the gate when known."""
     esc = html.escape
     plots = _plots(report)
-    rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{_fmt(e.value)}</td><td>{_fmt(e.ci_low)} – {_fmt(e.ci_high)}</td>"
-        f"<td>{_fmt(e.normalized, 3)}×</td><td>{_fmt(e.normalized_ci_low, 3)} – {_fmt(e.normalized_ci_high, 3)}</td>"
-        f"<td>{_fmt(e.effective_sample_size, 5)}</td><td>{_fmt(e.max_weight)}</td><td>{_fmt(e.clipped_share, 3)}</td>"
-        f"<td>{'yes' if e.reliable else 'NO: ' + esc('; '.join(e.warnings))}</td></tr>"
-        for name, e in report.estimates.items()
-    )
+    rows = "".join(_estimate_row(name, e) for name, e in report.estimates.items())
     action_rows = "".join(
         f"<tr><td>{esc(a.action)}</td><td>{a.logged_share:.3f}</td><td>{a.target_share:.3f}</td>"
         f"<td>{_fmt(a.logged_mean_reward)}</td><td>{_fmt(a.model_mean_reward)}</td></tr>"
@@ -156,6 +186,7 @@ def render_html(
     )
     images = "".join(f'<p><img alt="{esc(k)}" src="data:image/png;base64,{v}"></p>' for k, v in plots.items())
     reason_list = "".join(f"<li>{esc(r)}</li>" for r in reasons or [])
+    note_list = "".join(f"<li>{esc(n)}</li>" for n in notes or [])
     warning_list = "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
     fqe = report.fqe
     headline = report.headline_estimate
@@ -166,7 +197,8 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 .verdict{{font-size:1.2em;padding:.6em;background:#f4f4f4;border-left:4px solid #444}}</style></head><body>
 <h1>Counterfactual evaluation of model {esc(report.model_version)}</h1>
 <p class="verdict">{esc(decision_summary or report.verdict)}</p>
-{f"<p>Gate reasons:</p><ul>{reason_list}</ul>" if reason_list else ""}
+{f"<p>Gate reasons (blocking):</p><ul>{reason_list}</ul>" if reason_list else ""}
+{f"<p>Not computable for these data (reported, not blocking):</p><ul>{note_list}</ul>" if note_list else ""}
 <p>{esc(report.verdict)}</p>
 {f"<p>Warnings:</p><ul>{warning_list}</ul>" if warning_list else ""}
 <p>Data: {report.n_decisions} decisions in {report.n_episodes} episodes logged by
@@ -199,12 +231,13 @@ def save_html_report(
     directory: Path | str,
     decision_summary: str | None = None,
     reasons: list[str] | None = None,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write `directory/report.html` and return its path."""
     path = Path(directory) / HTML_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_html(report, decision_summary, reasons), encoding="utf-8")
+    tmp.write_text(render_html(report, decision_summary, reasons, notes), encoding="utf-8")
     tmp.replace(path)
     return path
 
@@ -219,6 +252,8 @@ def write_tensorboard_scalars(report: CpeReport, log_dir: Path | str, step: int 
         writer.add_scalar("cpe/logged_value", report.logged_value, step)
         writer.add_scalar("cpe/reward_model_rmse", report.reward_model.rmse, step)
         for name, e in report.estimates.items():
+            if not e.available:
+                continue  # not computable for these data: no number to plot
             writer.add_scalar(f"cpe/{name}/value", e.value, step)
             writer.add_scalar(f"cpe/{name}/normalized", e.normalized, step)
             writer.add_scalar(f"cpe/{name}/ci_low", e.ci_low, step)

@@ -6,7 +6,17 @@ import math
 
 import pytest
 
-from evaluation import CpeReport, Estimate, GateAlert, GateConfig, RewardModelFit, gate_model, record_alerts
+from evaluation import (
+    CpeReport,
+    Estimate,
+    GateAlert,
+    GateConfig,
+    RewardModelFit,
+    gate_model,
+    record_alerts,
+    render_html,
+)
+from evaluation.estimators import mark_unavailable
 
 
 def _report(
@@ -135,3 +145,70 @@ def test_summary_reads_as_a_sentence() -> None:
     )
     rejected = gate_model(_report(normalized_low=0.98), None, GateConfig())
     assert rejected.summary.endswith("; rejected: " + rejected.reasons[0])
+
+
+def _unavailable_pdis(report: CpeReport) -> Estimate:
+    reason = "pdis: cumulative importance weights reach exp(812.0) over episodes of up to 200 steps"
+    return mark_unavailable(report.headline_estimate.model_copy(update={"estimator": "pdis"}), reason)
+
+
+def test_estimate_not_computable_by_design_is_noted_and_does_not_block() -> None:
+    report = _report()
+    pdis = _unavailable_pdis(report)
+    assert not pdis.available and not pdis.reliable and pdis.value is None and pdis.normalized_ci_low is None
+    report = report.model_copy(update={"estimates": {**report.estimates, "pdis": pdis}})
+    decision = gate_model(report, None, GateConfig())
+    assert decision.approved and decision.reasons == []
+    assert decision.notes == [
+        "pdis: cumulative importance weights reach exp(812.0) over episodes of up to 200 steps "
+        "(reported, does not block: the gate decides on dr)"
+    ]
+    assert decision.summary.endswith("; approved; not computable for these data, not blocking: ['pdis']")
+    # valid JSON without NaN / Infinity constants, and it reads back
+    text = report.model_dump_json()
+    assert "NaN" not in text and "Infinity" not in text
+    assert CpeReport.model_validate_json(text) == report
+    assert type(decision).model_validate_json(decision.model_dump_json()) == decision
+
+
+def test_headline_not_computable_blocks() -> None:
+    report = _report()
+    dr = mark_unavailable(report.headline_estimate, "dr: no decision has a positive weight")
+    decision = gate_model(report.model_copy(update={"estimates": {"dr": dr}}), None, GateConfig())
+    assert not decision.approved
+    assert (
+        decision.reasons[0]
+        == "the headline estimate dr cannot be computed: dr: no decision has a positive weight"
+    )
+    assert "could not be estimated (dr unavailable)" in decision.summary
+
+
+def test_html_report_tells_not_computable_from_broken() -> None:
+    report = _report()
+    broken = report.headline_estimate.model_copy(
+        update={
+            "estimator": "wdr",
+            "value": math.nan,
+            "reliable": False,
+            "warnings": ["wdr: the value is NaN"],
+        }
+    )
+    estimates = {**report.estimates, "pdis": _unavailable_pdis(report), "wdr": broken}
+    report = report.model_copy(update={"estimates": estimates})
+    decision = gate_model(report, None, GateConfig())
+    assert not decision.approved and len(decision.reasons) == 1
+    assert decision.reasons[0] == (
+        "estimates ['wdr'] are NaN or infinite although computable for these data: a corrupt input, or too "
+        "few episodes that support the target policy — inspect the report's weight diagnostics "
+        "(wdr: the value is NaN)"
+    )
+    page = render_html(report, decision.summary, decision.reasons, decision.notes)
+    pdis_row = page[page.index("<tr><td>pdis</td>") :].split("</tr>")[0]
+    assert '<td colspan="4">not computable for these data</td>' in pdis_row
+    assert (
+        "NOT COMPUTABLE (by design, not a data error; does not block the gate): pdis: cumulative" in pdis_row
+    )
+    wdr_row = page[page.index("<tr><td>wdr</td>") :].split("</tr>")[0]
+    assert "<td>nan</td>" in wdr_row and "NO: wdr: the value is NaN" in wdr_row
+    assert "<p>Gate reasons (blocking):</p><ul><li>estimates [&#x27;wdr&#x27;] are NaN" in page
+    assert "<p>Not computable for these data (reported, not blocking):</p><ul><li>pdis: cumulative" in page
