@@ -62,7 +62,9 @@ class KernelSmoothing(BaseModel):
     kernel: Literal["gaussian"] = "gaussian"
     rule: str
     bandwidth: list[float] = Field(description="h per action dimension, env units")
-    scale: list[float] = Field(description="σ̂ per action dimension the rule scaled (offsets from the target)")
+    scale: list[float] | None = Field(
+        description="σ̂ per action dimension the rule scaled (offsets from the target); None for a fixed bandwidth"
+    )
     target_samples: int
     n: int
     effective_sample_size: float = Field(description="(Σw)²/Σw² of the kernel-smoothed weights")
@@ -90,8 +92,8 @@ def silverman_bandwidth(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def choose_bandwidth(
     logged_actions: np.ndarray, target_mean: np.ndarray, config: KernelConfig
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """(h [D], σ̂ [D], rule text): the configured fixed bandwidth, or Silverman's rule × scale."""
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(h [D], σ̂ [D] or None, rule text): the configured fixed bandwidth (no σ̂), or Silverman's rule × scale."""
     a = np.asarray(logged_actions, dtype=np.float64)
     d = a.shape[1]
     if config.bandwidth is not None:
@@ -101,7 +103,7 @@ def choose_bandwidth(
                 f"evaluation.kernel.bandwidth must hold {d} positive values (one per action dimension), "
                 f"got {config.bandwidth}"
             )
-        return h, np.full(d, math.nan), "fixed (evaluation.kernel.bandwidth)"
+        return h, None, "fixed (evaluation.kernel.bandwidth)"
     h, sigma = silverman_bandwidth(a - np.asarray(target_mean, dtype=np.float64))
     rule = SILVERMAN_RULE if config.bandwidth_scale == 1.0 else f"{config.bandwidth_scale} × {SILVERMAN_RULE}"
     return h * config.bandwidth_scale, sigma, rule
@@ -137,12 +139,12 @@ def kernel_weights(
 
 
 def describe_smoothing(
-    weights: np.ndarray, bandwidth: np.ndarray, sigma: np.ndarray, rule: str, target_samples: int
+    weights: np.ndarray, bandwidth: np.ndarray, sigma: np.ndarray | None, rule: str, target_samples: int
 ) -> KernelSmoothing:
     return KernelSmoothing(
         rule=rule,
         bandwidth=[float(v) for v in bandwidth],
-        scale=[float(v) for v in sigma],
+        scale=None if sigma is None else [float(v) for v in sigma],
         target_samples=target_samples,
         n=int(weights.size),
         effective_sample_size=effective_sample_size(weights),

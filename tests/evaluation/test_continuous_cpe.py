@@ -92,6 +92,8 @@ def test_kernel_ips_snips_and_dr_match_numpy_references() -> None:
     assert report.estimates["kernel_ips"].value == pytest.approx(np.mean(w * r))
     assert report.estimates["kernel_snips"].value == pytest.approx(np.sum(w * r) / np.sum(w))
     assert report.kernel is not None and report.kernel.bandwidth == [0.4]
+    assert report.kernel.scale is None  # a fixed bandwidth scales no σ̂ (and leaves no NaN in the JSON)
+    assert "NaN" not in report.model_dump_json()
     assert report.kernel.effective_sample_size == pytest.approx(w.sum() ** 2 / (w**2).sum())
     assert report.estimates["kernel_ips"].effective_sample_size == pytest.approx(w.sum() ** 2 / (w**2).sum())
     # Noise-free quadratic rewards and an unpenalized quadratic ridge: q̂ = E[r | x, a] exactly, so
