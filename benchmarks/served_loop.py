@@ -44,7 +44,8 @@ from contracts import StreamrlError, Topics
 from features import build_feature_store
 from infra.config import load_config
 from infra.environment import Environment
-from infra.processes import ManagedProcess, ServiceError, start_process
+from infra.loop_waits import wait_for_timelines, wait_serving
+from infra.processes import ManagedProcess, start_process
 from infra.refresh import run_refresh
 from infra.stack import LocalStack
 from stream import EventLogger, ensure_topics, load_timelines
@@ -285,7 +286,7 @@ def run_family(
             "stream", ["-m", "infra.cli", "stream", *env_args], env.logs_dir / "stream.log"
         )
         processes.append(stream)
-        _wait_serving(env.serving_url, DAY0_VERSION, serving, 120)
+        wait_serving(env.serving_url, DAY0_VERSION, serving, 120)
         progress(f"   [{family.name}] serving {env.serving_url} (day 0: uniform), logs in {env.logs_dir}")
         with (
             EventLogger(env.bootstrap_servers, topics) as logger,
@@ -299,7 +300,15 @@ def run_family(
                 result.rounds.append(record)
                 result.logged_steps += record.logged
                 progress(f"   [{family.name}] round {index} served by {served}: {played.summary}")
-                round_rows = _wait_for_timelines(env, played.request_ids, round_start, [stream, serving])
+                round_rows = wait_for_timelines(
+                    env,
+                    played.request_ids,
+                    round_start,
+                    [stream, serving],
+                    600.0,
+                    what="the round",
+                    error=ServedLoopError,
+                )
                 training_rows = load_timelines(env.stream_config().output_dir)
                 refresh = run_refresh(
                     env,
@@ -324,7 +333,7 @@ def run_family(
                     + (f" ({'; '.join(refresh.decision.reasons)})" if refresh.decision.reasons else "")
                 )
                 if refresh.decision.approved:
-                    _wait_serving(env.serving_url, refresh.candidate.version, serving, 60)
+                    wait_serving(env.serving_url, refresh.candidate.version, serving, 60)
             result.served_version = _served_version(env.serving_url)
             result.figure, result.detail = family.score(client, logger, f"{family.name}-score-{run_id}")
     finally:
@@ -338,52 +347,6 @@ def run_family(
 
 def _served_version(url: str) -> str:
     return str(httpx.get(f"{url}/healthz", timeout=5.0).json().get("model_version"))
-
-
-def _wait_serving(url: str, version: str, serving: ManagedProcess, timeout_s: float) -> None:
-    """Serving follows the deploy pointer on its own; wait until /healthz names `version`."""
-
-    def serves() -> bool:
-        try:
-            response = httpx.get(f"{url}/healthz", timeout=2.0)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200 and response.json().get("model_version") == version
-
-    serving.wait_ready(serves, timeout_s, f"serving {version}")
-
-
-def _wait_for_timelines(
-    env: Environment,
-    request_ids: list[str],
-    since: pd.Timestamp,
-    watched: list[ManagedProcess],
-    timeout_s: float = 600.0,
-) -> pd.DataFrame:
-    """Poll the timeline table until every decision of the round is there (its MDP closed)."""
-    expected = set(request_ids)
-    deadline = time.monotonic() + timeout_s
-    have = 0
-    while time.monotonic() < deadline:
-        for process in watched:
-            try:
-                process.check_alive()
-            except ServiceError as exc:
-                raise ServedLoopError(str(exc)) from exc
-        try:
-            rows = load_timelines(env.stream_config().output_dir, start=since.to_pydatetime())
-        except StreamrlError:
-            rows = pd.DataFrame()
-        if len(rows):
-            arrived = rows["request_id"].isin(expected)
-            have = int(arrived.sum())
-            if have >= len(expected):
-                return rows[arrived].reset_index(drop=True)
-        time.sleep(2.0)
-    raise ServedLoopError(
-        f"only {have} of {len(expected)} decisions of the round reached the timelines within {timeout_s:.0f}s; "
-        f"see {env.logs_dir / 'stream.log'} and {env.logs_dir / 'serving.log'}"
-    )
 
 
 def _write_yaml(config: Any, path: Path) -> None:

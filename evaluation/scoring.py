@@ -10,6 +10,7 @@ not know which kind they judge.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from evaluation.estimators import (
     weighted_one_step_estimates,
 )
 from evaluation.fqe import FqeFit
+from evaluation.joint_models import JointDesign, cross_fit_joint_reward_model, joint_fitted_q_evaluation
 from evaluation.kernel import KernelSmoothing
 from evaluation.report import (
     ActionDimensionSummary,
@@ -117,6 +119,39 @@ def check_probabilities(frame: pd.DataFrame) -> np.ndarray:
 def episode_index(frame: pd.DataFrame) -> np.ndarray:
     """0..E−1 per row of a frame sorted by mdp_id."""
     return pd.factorize(frame["mdp_id"], sort=False)[0].astype(np.int64)
+
+
+def score_joint_design(
+    frame: pd.DataFrame,
+    design: JointDesign,
+    config: EvaluationConfig,
+    *,
+    weights: np.ndarray,
+    propensity: np.ndarray,
+    **summaries: Any,
+) -> ScoredDecisions:
+    """`ScoredDecisions` of a kind whose actions are vectors (parametric, continuous): the reward
+    model and FQE are one ridge model each on `design` (`evaluation.joint_models`), cross-fitted
+    by episode. `summaries` are the kind's other fields (`prefix`, `action_dimensions`, `kernel`)."""
+    reward = frame["reward"].to_numpy(dtype=np.float64)
+    episode = episode_index(frame)
+    q_reward, reward_fit = cross_fit_joint_reward_model(
+        design, reward, episode, config.reward_model, config.seed
+    )
+    q_long, fqe_fit = joint_fitted_q_evaluation(
+        design, episode, reward, config.gamma, config.fqe, config.seed
+    )
+    return ScoredDecisions(
+        weights=weights,
+        propensity=propensity,
+        reward_logged=q_reward.logged,
+        reward_target=q_reward.target,
+        q_logged=q_long.logged,
+        v_target=q_long.target,
+        reward_fit=reward_fit,
+        fqe_fit=fqe_fit,
+        **summaries,
+    )
 
 
 def _prefixed(estimates: dict[str, Estimate], prefix: str) -> dict[str, Estimate]:

@@ -132,15 +132,13 @@ def sequential_estimates(
     """PDIS, sequential DR, WDR and MAGIC per episode on one shared bootstrap over episodes.
 
     Values are discounted returns per episode; normalized by the mean discounted logged return.
+    `weighted_sequential_estimates` checks the names, gamma and the bootstrap options.
     """
-    unknown = [n for n in names if n not in SEQUENTIAL_ESTIMATORS]
-    if unknown:
-        raise EvaluationError(f"unknown sequential estimators {unknown}; choose from {SEQUENTIAL_ESTIMATORS}")
     pi, a, mu, r = logged_columns(target_probs, logged_action, logged_propensity, reward)
     q = np.asarray(q_hat, dtype=np.float64)
     if q.shape != pi.shape:
         raise EvaluationError(f"q_hat {q.shape} must have the shape of target_probs {pi.shape}")
-    if not np.all(np.isfinite(q)):
+    if not np.all(np.isfinite(q)):  # before E_π q̂ is formed from it
         raise EvaluationError("q_hat has non-finite values; check the reward or FQE model's inputs")
     rows = np.arange(pi.shape[0])
     return weighted_sequential_estimates(

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
 import pandas as pd
 
 from apps.notification_app import DayOutcome, run_day
@@ -28,7 +27,8 @@ from contracts import StreamrlError, Topics
 from evaluation import CpeReport
 from features import NormalizationSpec
 from infra.environment import Environment
-from infra.processes import ManagedProcess, ServiceError, start_process
+from infra.loop_waits import serves, wait_for_timelines, wait_serving
+from infra.processes import ManagedProcess, start_process
 from infra.refresh import RefreshResult, run_refresh
 from infra.stack import LocalStack
 from stream import EventLogger, ensure_topics, load_timelines
@@ -126,7 +126,7 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
         )
         ingest.start()
         serving.wait_ready(
-            lambda: _healthy(env.serving_url, registry.deployed() or no_model),
+            lambda: serves(env.serving_url, registry.deployed() or no_model),
             120,
             "GET /healthz answering",
         )
@@ -142,7 +142,7 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
                 # The rule is the logging policy until the gate approves a model (a rejected
                 # candidate leaves nothing deployed, and the rule logs another day).
                 deployed = registry.deployed()
-                _wait_serving(env.serving_url, deployed or no_model, serving)
+                wait_serving(env.serving_url, deployed or no_model, serving)
                 served_version = deployed or rule.name
                 day_start = pd.Timestamp.now(tz="UTC")
                 how = "POST /v1/act/batch" if deployed else "the app decides, POST /v1/decisions/batch logs"
@@ -164,8 +164,14 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
                     f"realized mean reward {outcome.realized_reward:.4f} (sent {outcome.send_share:.0%}); "
                     "waiting for the stream to close the day's MDPs"
                 )
-                day_rows = _wait_for_timelines(
-                    env, outcome, day_start, [stream, serving], demo.timelines_wait_s
+                day_rows = wait_for_timelines(
+                    env,
+                    outcome.request_ids,
+                    day_start,
+                    [stream, serving],
+                    demo.timelines_wait_s,
+                    what=f"day {outcome.day.index}",
+                    error=DemoError,
                 )
                 training_rows = load_timelines(env.stream_config().output_dir)
                 progress(
@@ -209,56 +215,6 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
 
 
 # --- steps --------------------------------------------------------------------------------------
-def _healthy(url: str, version: str | None) -> bool:
-    """Serving answers `/healthz` naming `version` (None: no model loaded, which answers 503)."""
-    try:
-        response = httpx.get(f"{url}/healthz", timeout=2.0)
-    except httpx.HTTPError:
-        return False
-    if response.status_code not in (200, 503):
-        return False
-    try:
-        return response.json().get("model_version") == version
-    except ValueError:  # not serving's HealthStatus
-        return False
-
-
-def _wait_serving(url: str, version: str | None, serving: ManagedProcess) -> None:
-    """Serving follows the deploy pointer on its own; wait until it serves `version` (None: no model)."""
-    serving.wait_ready(lambda: _healthy(url, version), 60, f"serving model {version or '(none)'}")
-
-
-def _wait_for_timelines(
-    env: Environment,
-    outcome: DayOutcome,
-    day_start: pd.Timestamp,
-    watched: list[ManagedProcess],
-    timeout_s: float,
-) -> pd.DataFrame:
-    """Poll the timeline table until every decision of the day is there (MDPs closed)."""
-    expected = set(outcome.request_ids)
-    deadline = time.monotonic() + timeout_s
-    rows = pd.DataFrame()
-    while time.monotonic() < deadline:
-        for process in watched:
-            try:
-                process.check_alive()
-            except ServiceError as exc:
-                raise DemoError(str(exc)) from exc
-        try:
-            rows = load_timelines(env.stream_config().output_dir, start=day_start.to_pydatetime())
-        except StreamrlError:
-            rows = pd.DataFrame()
-        if len(rows) and expected.issubset(set(rows["request_id"])):
-            return rows[rows["request_id"].isin(expected)].reset_index(drop=True)
-        time.sleep(2.0)
-    have = len(expected & set(rows["request_id"])) if len(rows) else 0
-    raise DemoError(
-        f"only {have} of {len(expected)} decisions of day {outcome.day.index} reached the timelines within "
-        f"{timeout_s:.0f}s; see {env.logs_dir / 'stream.log'} and {env.logs_dir / 'serving.log'}"
-    )
-
-
 def _summarize(
     sim: NotificationSim,
     day: int,

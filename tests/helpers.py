@@ -4,12 +4,46 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
 from infra.stack_config import StackConfig
+from stream._layout import ACTION_KIND_COLUMNS, timelines_path
+
+_FEATURE_MAP = pa.map_(pa.string(), pa.float64())
+
+# Every column the stream job writes (bar the `ds` partition), in its Arrow type.
+TIMELINE_SCHEMA = pa.schema(
+    [
+        ("mdp_id", pa.string()),
+        ("request_id", pa.string()),
+        ("entity_id", pa.string()),
+        ("sequence_number", pa.int64()),
+        ("sequence_number_ordinal", pa.int64()),
+        ("timestamp", pa.timestamp("us", tz="UTC")),
+        ("state_features", _FEATURE_MAP),
+        ("action", pa.string()),
+        ("action_probability", pa.float64()),
+        ("reward", pa.float64()),
+        ("reward_observed", pa.bool_()),
+        ("metrics", _FEATURE_MAP),
+        ("possible_actions", pa.list_(pa.string())),
+        ("next_state_features", _FEATURE_MAP),
+        ("next_action", pa.string()),
+        ("possible_next_actions", pa.list_(pa.string())),
+        ("time_diff", pa.int64()),
+        ("time_since_first", pa.int64()),
+        ("not_terminal", pa.bool_()),
+        ("model_version", pa.string()),
+        *ACTION_KIND_COLUMNS.items(),
+    ]
+)
 
 
 def consume_all(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> list[ConsumerRecord]:
@@ -73,3 +107,20 @@ def stack_config_on_free_ports(state_dir: Path, **overrides: object) -> StackCon
     }
     values.update(overrides)
     return StackConfig.model_validate(values)
+
+
+def write_timeline_partition(rows: Sequence[Mapping[str, Any]], output_dir: Path, ds: str) -> None:
+    """One parquet file where the stream job writes day `ds` (`timelines/ds=…/batch_id=0/`).
+
+    Each row maps column names (`TIMELINE_SCHEMA`) to values, feature maps as dicts; a column a
+    row lacks is null, as in partitions written before action kinds.
+    """
+    data: dict[str, list] = {name: [row.get(name) for row in rows] for name in TIMELINE_SCHEMA.names}
+    for name, data_type in zip(TIMELINE_SCHEMA.names, TIMELINE_SCHEMA.types, strict=True):
+        if pa.types.is_map(data_type):
+            data[name] = [None if m is None else list(m.items()) for m in data[name]]
+        elif pa.types.is_list(data_type) and pa.types.is_map(data_type.value_type):
+            data[name] = [None if ms is None else [list(m.items()) for m in ms] for ms in data[name]]
+    target = timelines_path(output_dir) / f"ds={ds}" / "batch_id=0"
+    target.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(data, schema=TIMELINE_SCHEMA), target / "part-0.parquet")

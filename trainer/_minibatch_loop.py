@@ -12,19 +12,22 @@ its networks, optimizers and counters, and a `step` that makes one update on a `
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from pydantic import BaseModel
 from tensorboardX import SummaryWriter
 
+from features import NormalizationSpec
 from trainer._progress import epoch_bar, show_metrics
 from trainer.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointConfig,
+    fingerprint_parts,
     load_latest_checkpoint,
     run_fingerprint,
     save_checkpoint,
@@ -56,6 +59,31 @@ class EpochLoop:
     desc: str  # progress bar label (the algorithm type)
     shown: tuple[str, ...]  # metrics shown on the progress bar
     fingerprint: dict[str, str]  # what must match to resume (see trainer.checkpoint)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: BaseModel,
+        spec: NormalizationSpec,
+        data: Sequence[torch.Tensor],
+        *,
+        n_rows: int,
+        shown: tuple[str, ...],
+        actions: Sequence[str] | None = None,
+        action_spec: NormalizationSpec | None = None,
+    ) -> EpochLoop:
+        """The loop an algorithm config asks for: its `batch_size`, `num_epochs`, `seed` and `type`
+        (the progress label); a checkpoint resumes it only for the same config, spec, training
+        tensors `data` and actions or action spec (`trainer.checkpoint.fingerprint_parts`)."""
+        return cls(
+            n_rows=n_rows,
+            batch_size=config.batch_size,
+            num_epochs=config.num_epochs,
+            seed=config.seed,
+            desc=config.type,
+            shown=shown,
+            fingerprint=fingerprint_parts(config, spec, data, actions=actions, action_spec=action_spec),
+        )
 
 
 @dataclass

@@ -37,7 +37,7 @@ from trainer.artifact import (
     REWARD_MEAN_OUTPUT,
     DataRange,
 )
-from trainer.checkpoint import CheckpointConfig, fingerprint_parts
+from trainer.checkpoint import CheckpointConfig
 from trainer.data import build_transitions
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 from trainer.errors import TrainerError, TrainingDataError
@@ -426,19 +426,13 @@ def _fit_neural(
             optimizer.step()
             return {"train/reward_mse": float(loss.detach())}
 
-        loop = EpochLoop(
+        loop = EpochLoop.from_config(
+            config,
+            spec,
+            (logged.states, logged.actions, logged.rewards, torch.from_numpy(logged.weights)),
             n_rows=len(logged.rewards),
-            batch_size=config.batch_size,
-            num_epochs=config.num_epochs,
-            seed=config.seed,
-            desc=config.type,
             shown=("train/reward_mse",),
-            fingerprint=fingerprint_parts(
-                config,
-                spec,
-                (logged.states, logged.actions, logged.rewards, torch.from_numpy(logged.weights)),
-                actions=actions,
-            ),
+            actions=actions,
         )
         history = run_epochs(
             loop,

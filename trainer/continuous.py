@@ -26,7 +26,7 @@ from features import NormalizationModule, NormalizationSpec, build_feature_matri
 from features.spec import ACTION_EPS
 from trainer._minibatch_loop import EpochLoop, run_epochs
 from trainer.artifact import DataRange
-from trainer.checkpoint import CheckpointConfig, fingerprint_parts
+from trainer.checkpoint import CheckpointConfig
 from trainer.data import checked_rewards, describe_rows, feature_maps
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, MinibatchShard
 from trainer.errors import TrainerError, TrainingDataError
@@ -407,20 +407,13 @@ def train_continuous(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             learner = build_learner(spec, config, distributed)
-            algorithm = getattr(config, "type", "continuous")
-            loop = EpochLoop(
+            loop = EpochLoop.from_config(
+                config,  # build_learner has checked its `type`
+                spec,
+                (data.states, data.actions, data.rewards, data.next_states, data.not_terminal),
                 n_rows=data.n_rows,
-                batch_size=config.batch_size,
-                num_epochs=config.num_epochs,
-                seed=config.seed,
-                desc=algorithm,
                 shown=("train/critic_loss", "train/actor_loss"),
-                fingerprint=fingerprint_parts(
-                    config,
-                    spec,
-                    (data.states, data.actions, data.rewards, data.next_states, data.not_terminal),
-                    actions=actions,
-                ),
+                actions=actions,
             )
 
             def step(shard: MinibatchShard) -> dict[str, float]:

@@ -21,7 +21,7 @@ from torch import nn
 from features import NormalizationModule, NormalizationSpec
 from trainer._minibatch_loop import EpochLoop, ModulesAndOptimizers, StepHook, run_epochs
 from trainer.artifact import DataRange
-from trainer.checkpoint import CheckpointConfig, fingerprint_parts
+from trainer.checkpoint import CheckpointConfig
 from trainer.config import DqnConfig
 from trainer.cql import CqlConfig, conservative_penalty
 from trainer.data import TransitionTensors, build_transitions
@@ -153,19 +153,13 @@ def _train(
             **_epoch_metrics(network, data, actions),
         }
 
-    loop = EpochLoop(
+    loop = EpochLoop.from_config(
+        config,
+        spec,
+        (cpu_data.states, cpu_data.next_states, cpu_data.actions, cpu_data.rewards),
         n_rows=data.n_rows,
-        batch_size=config.batch_size,
-        num_epochs=config.num_epochs,
-        seed=config.seed,
-        desc=config.type,
         shown=("train/td_loss",),
-        fingerprint=fingerprint_parts(
-            config,
-            spec,
-            (cpu_data.states, cpu_data.next_states, cpu_data.actions, cpu_data.rewards),
-            actions=actions,
-        ),
+        actions=actions,
     )
     throughput: list[float] = []
     history = run_epochs(

@@ -30,7 +30,7 @@ from trainer.artifact import (
     SCORES_OUTPUT,
     DataRange,
 )
-from trainer.checkpoint import CheckpointConfig, fingerprint_parts
+from trainer.checkpoint import CheckpointConfig
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 from trainer.graph_export import export_graph
 from trainer.parametric_data import (
@@ -210,27 +210,21 @@ def _train(
                 target_p.lerp_(online_p, config.target_update_tau)
         return {"train/td_loss": float(loss.detach())}
 
-    loop = EpochLoop(
-        n_rows=data.n_rows,
-        batch_size=config.batch_size,
-        num_epochs=config.num_epochs,
-        seed=config.seed,
-        desc=config.type,
-        shown=("train/td_loss",),
-        fingerprint=fingerprint_parts(
-            config,
-            spec,
-            (
-                data.states,
-                data.action_features,
-                data.rewards,
-                data.not_terminal,
-                data.next_states,
-                data.next_candidates,
-                data.next_mask,
-            ),
-            action_spec=action_spec,
+    loop = EpochLoop.from_config(
+        config,
+        spec,
+        (
+            data.states,
+            data.action_features,
+            data.rewards,
+            data.not_terminal,
+            data.next_states,
+            data.next_candidates,
+            data.next_mask,
         ),
+        n_rows=data.n_rows,
+        shown=("train/td_loss",),
+        action_spec=action_spec,
     )
     history = run_epochs(
         loop,

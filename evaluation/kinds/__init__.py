@@ -15,14 +15,29 @@ Modules are imported on first use. Adding a kind is one module here plus one lin
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from contracts import ActionKind
 from evaluation.config import EvaluationConfig
 from evaluation.report import CpeReport
 from features import NormalizationSpec
+
+
+class EvaluatedPolicy(Protocol):
+    """What evaluation needs of a served policy of any kind (`trainer.onnx_policy.load_policy`);
+    each kind's adapter adds how the policy picks or draws its actions."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def metadata(self): ...  # noqa: ANN201 - trainer.ModelMetadata
+
+    def features(self, maps: Sequence[Mapping[str, float | None]]) -> np.ndarray: ...
 
 
 class ServedPolicyEvaluation(Protocol):

@@ -22,21 +22,16 @@ from contracts import ActionKind
 from contracts.actions import ACTION_LOG_DENSITY_COLUMN, ACTION_VECTOR_COLUMN
 from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
-from evaluation.joint_models import (
-    JointDesign,
-    cross_fit_joint_reward_model,
-    joint_fitted_q_evaluation,
-    quadratic_features,
-)
+from evaluation.joint_models import JointDesign, quadratic_features
 from evaluation.kernel import choose_bandwidth, describe_smoothing, kernel_weights
+from evaluation.kinds import EvaluatedPolicy
 from evaluation.report import CpeReport
 from evaluation.scoring import (
-    ScoredDecisions,
     check_timelines,
     dimension_summaries,
-    episode_index,
     report_from_scores,
     row_names,
+    score_joint_design,
 )
 from features import NormalizationSpec, build_feature_matrix, normalize
 from trainer.data import feature_maps
@@ -45,16 +40,8 @@ KIND = ActionKind.CONTINUOUS
 KERNEL_PREFIX = "kernel_"
 
 
-class ContinuousServedPolicy(Protocol):
-    """What evaluation needs of a served continuous policy (`trainer.onnx_policy.load_policy`)."""
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def metadata(self): ...  # noqa: ANN201 - trainer.ModelMetadata
-
-    def features(self, maps: Sequence[Mapping[str, float | None]]) -> np.ndarray: ...
+class ContinuousServedPolicy(EvaluatedPolicy, Protocol):
+    """A served continuous policy (`trainer.onnx_policy.load_policy`): it draws actions with `act`."""
 
     def act(
         self, features_raw: np.ndarray, rng: np.random.Generator
@@ -148,23 +135,12 @@ def evaluate_action_samples(
     design = JointDesign(
         logged=quadratic_features(state, (actions - center) / scale), target=target_design / draws.shape[0]
     )
-    reward = frame["reward"].to_numpy(dtype=np.float64)
-    episode = episode_index(frame)
-    q_reward, reward_fit = cross_fit_joint_reward_model(
-        design, reward, episode, config.reward_model, config.seed
-    )
-    q_long, fqe_fit = joint_fitted_q_evaluation(
-        design, episode, reward, config.gamma, config.fqe, config.seed
-    )
-    scored = ScoredDecisions(
+    scored = score_joint_design(
+        frame,
+        design,
+        config,
         weights=weights,
         propensity=np.exp(log_mu),
-        reward_logged=q_reward.logged,
-        reward_target=q_reward.target,
-        q_logged=q_long.logged,
-        v_target=q_long.target,
-        reward_fit=reward_fit,
-        fqe_fit=fqe_fit,
         prefix=KERNEL_PREFIX,
         action_dimensions=dimension_summaries(names, actions, target_mean, np.mean(draws**2, axis=0)),
         kernel=describe_smoothing(weights, bandwidth, sigma, rule, draws.shape[0]),

@@ -6,7 +6,7 @@ action. `evaluate_probabilities` evaluates any target given as probabilities [ro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +17,7 @@ from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
 from evaluation.estimators import importance_weights, logged_columns
 from evaluation.fqe import fitted_q_evaluation
+from evaluation.kinds import EvaluatedPolicy
 from evaluation.report import ActionSummary, CpeReport
 from evaluation.reward_model import cross_fit_reward_model
 from evaluation.scoring import (
@@ -33,16 +34,8 @@ from trainer.data import feature_maps
 LOGGED_COLUMNS = ("action", "action_probability", "possible_actions")
 
 
-class DiscreteServedPolicy(Protocol):
-    """What evaluation needs of a served discrete policy (`trainer.OnnxPolicy`)."""
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def metadata(self): ...  # noqa: ANN201 - trainer.ModelMetadata
-
-    def features(self, maps: Sequence[Mapping[str, float | None]]) -> np.ndarray: ...
+class DiscreteServedPolicy(EvaluatedPolicy, Protocol):
+    """A served discrete policy (`trainer.OnnxPolicy`): a distribution over its named actions."""
 
     def possible_mask(self, possible_actions: Iterable[Iterable[str]]) -> np.ndarray: ...
 

@@ -20,21 +20,16 @@ from contracts import ActionKind
 from contracts.actions import POSSIBLE_ACTION_FEATURES_COLUMN
 from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
-from evaluation.joint_models import (
-    JointDesign,
-    cross_fit_joint_reward_model,
-    joint_fitted_q_evaluation,
-    quadratic_features,
-)
+from evaluation.joint_models import JointDesign, quadratic_features
+from evaluation.kinds import EvaluatedPolicy
 from evaluation.report import CpeReport
 from evaluation.scoring import (
-    ScoredDecisions,
     check_probabilities,
     check_timelines,
     dimension_summaries,
-    episode_index,
     report_from_scores,
     row_names,
+    score_joint_design,
 )
 from features import NormalizationSpec, build_feature_matrix, normalize
 from trainer.data import feature_maps
@@ -43,16 +38,8 @@ LOGGED_COLUMNS = ("action", "action_probability", "possible_actions")
 KIND = ActionKind.PARAMETRIC
 
 
-class ParametricServedPolicy(Protocol):
-    """What evaluation needs of a served parametric policy (`trainer.onnx_policy.load_policy`)."""
-
-    @property
-    def version(self) -> str: ...
-
-    @property
-    def metadata(self): ...  # noqa: ANN201 - trainer.ModelMetadata
-
-    def features(self, maps: Sequence[Mapping[str, float | None]]) -> np.ndarray: ...
+class ParametricServedPolicy(EvaluatedPolicy, Protocol):
+    """A served parametric policy (`trainer.onnx_policy.load_policy`): a distribution over each row's candidates."""
 
     def candidates(
         self, candidate_lists: Sequence[Sequence[Mapping[str, float | None]]]
@@ -186,26 +173,13 @@ def evaluate_candidate_probabilities(
     target_design = np.zeros_like(logged_design)
     for k in range(pi.shape[1]):
         target_design += pi[:, k : k + 1] * quadratic_features(state, action_z[:, k])
-    design = JointDesign(logged=logged_design, target=target_design)
-    reward = frame["reward"].to_numpy(dtype=np.float64)
-    episode = episode_index(frame)
-    q_reward, reward_fit = cross_fit_joint_reward_model(
-        design, reward, episode, config.reward_model, config.seed
-    )
-    q_long, fqe_fit = joint_fitted_q_evaluation(
-        design, episode, reward, config.gamma, config.fqe, config.seed
-    )
-
     filled = np.nan_to_num(raw)
-    scored = ScoredDecisions(
+    scored = score_joint_design(
+        frame,
+        JointDesign(logged=logged_design, target=target_design),
+        config,
         weights=pi[rows, chosen] / mu,
         propensity=mu,
-        reward_logged=q_reward.logged,
-        reward_target=q_reward.target,
-        q_logged=q_long.logged,
-        v_target=q_long.target,
-        reward_fit=reward_fit,
-        fqe_fit=fqe_fit,
         action_dimensions=dimension_summaries(
             names,
             raw[rows, chosen],

@@ -1,6 +1,6 @@
 """Small synthetic timelines of every action kind, written where the stream job writes them.
 
-Columns as `stream.load_timelines` returns them (common ones plus `stream._layout.ACTION_KIND_COLUMNS`);
+Columns as `stream.load_timelines` returns them (`tests.helpers.TIMELINE_SCHEMA`);
 each builder takes a run-config-like mapping so the rows use its action names and bounds.
 """
 
@@ -12,42 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from contracts import ActionKind
-from stream._layout import ACTION_KIND_COLUMNS, timelines_path
+from tests.helpers import write_timeline_partition
 
 ROWS = 160
 _T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
-
-
-_MAP = pa.map_(pa.string(), pa.float64())
-_COMMON_SCHEMA = pa.schema(
-    [
-        ("mdp_id", pa.string()),
-        ("request_id", pa.string()),
-        ("entity_id", pa.string()),
-        ("sequence_number", pa.int64()),
-        ("sequence_number_ordinal", pa.int64()),
-        ("timestamp", pa.timestamp("us", tz="UTC")),
-        ("state_features", _MAP),
-        ("action", pa.string()),
-        ("action_probability", pa.float64()),
-        ("reward", pa.float64()),
-        ("reward_observed", pa.bool_()),
-        ("metrics", _MAP),
-        ("possible_actions", pa.list_(pa.string())),
-        ("next_state_features", _MAP),
-        ("next_action", pa.string()),
-        ("possible_next_actions", pa.list_(pa.string())),
-        ("time_diff", pa.int64()),
-        ("time_since_first", pa.int64()),
-        ("not_terminal", pa.bool_()),
-        ("model_version", pa.string()),
-    ]
-)
-_SCHEMA = pa.schema(list(_COMMON_SCHEMA) + [pa.field(n, t) for n, t in ACTION_KIND_COLUMNS.items()])
 
 
 def _row(mdp: int, seq: int, state: dict[str, float], reward: float, kind: ActionKind, **fields) -> dict:
@@ -175,12 +145,4 @@ TIMELINES: dict[ActionKind, Callable[..., list[dict]]] = {
 
 def write_timelines(rows: list[dict], output_dir: Path) -> None:
     """One parquet file in the layout the stream job writes (`timelines/ds=…/batch_id=0/`)."""
-    data: dict[str, list] = {name: [row.get(name) for row in rows] for name in _SCHEMA.names}
-    for name, data_type in zip(_SCHEMA.names, _SCHEMA.types, strict=True):
-        if pa.types.is_map(data_type):
-            data[name] = [None if m is None else list(m.items()) for m in data[name]]
-        elif pa.types.is_list(data_type) and pa.types.is_map(data_type.value_type):
-            data[name] = [None if ms is None else [list(m.items()) for m in ms] for ms in data[name]]
-    target = timelines_path(output_dir) / f"ds={_T0:%Y-%m-%d}" / "batch_id=0"
-    target.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table(data, schema=_SCHEMA), target / "part-0.parquet")
+    write_timeline_partition(rows, output_dir, f"{_T0:%Y-%m-%d}")
