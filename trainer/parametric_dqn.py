@@ -157,7 +157,7 @@ def train_parametric_dqn(
         feature_names=list(spec.feature_names),
         action_feature_names=list(action_spec.feature_names),
         action_spec=action_spec,
-        actions=sorted({str(a) for a in timelines["action"]}) if "action" in timelines.columns else [],
+        actions=[],  # candidates arrive with each request: a parametric model has no fixed action list
         metrics=dict(history[-1]) if history else {},
         data_range=timeline_data_range(timelines),
         history=history,

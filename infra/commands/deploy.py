@@ -8,14 +8,17 @@ serving follows it within its poll interval, and `streamrl rollback` moves it ba
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tabulate import tabulate
 
+from contracts import ActionKind
 from infra.commands._common import add_environment_arguments, environment_from
 
 if TYPE_CHECKING:
     from trainer import ModelRegistry  # imports torch: only inside `run` at run time
+    from trainer.artifact import ModelMetadata
 
 HELP = "deploy a registered model version (--list shows them)"
 DESCRIPTION = (
@@ -57,6 +60,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# What the ACTIONS column shows per action kind: the names, the candidates' features, or the box.
+_ACTION_SPACE: dict[ActionKind, Callable[[ModelMetadata], str]] = {
+    ActionKind.DISCRETE: lambda m: ",".join(m.actions),
+    ActionKind.PARAMETRIC: lambda m: f"candidates({','.join(m.action_feature_names or [])})",
+    ActionKind.CONTINUOUS: lambda m: ",".join(
+        f"{name}[{low:g},{high:g}]"
+        for name, low, high in zip(
+            m.actions,
+            m.algorithm_config.get("action_low", []),
+            m.algorithm_config.get("action_high", []),
+            strict=False,
+        )
+    ),
+}
+
+
 def format_versions(registry: ModelRegistry) -> str:
     """One row per registered version, oldest first, marking the deployed one and the rollback target."""
     versions = registry.list_versions()
@@ -76,7 +95,7 @@ def format_versions(registry: ModelRegistry) -> str:
                 marks.get(version, ""),
                 metadata.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                 metadata.algorithm,
-                ",".join(metadata.actions),
+                _ACTION_SPACE[metadata.action_kind](metadata),
                 metadata.normalization_spec_version or "-",
             )
         )

@@ -389,3 +389,15 @@ def test_serve_and_stream_then_refresh(environment, tmp_path: Path) -> None:
     steps = [line.split(": ")[0].split()[-1] for line in out.splitlines() if line.startswith("refresh ")]
     assert steps[:3] == ["1/3", "2/3", "3/3"]  # each step announced as it starts
     assert pointer(env)["current"] == (candidate if gate["approved"] else rule)
+
+
+def test_version_list_shows_each_kinds_action_space(tmp_path: Path) -> None:
+    from infra.commands.deploy import format_versions
+    from tests.serving import _kind_models as km
+
+    registry = ModelRegistry(tmp_path / "registry")
+    parametric = km.parametric().register(registry)
+    continuous = km.continuous().register(registry)
+    rows = {line.split()[0]: line for line in format_versions(registry).splitlines()[1:]}
+    assert "candidates(price,quality)" in rows[parametric]
+    assert "torque[-2,2],gain[0,1]" in rows[continuous]
