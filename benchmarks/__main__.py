@@ -17,6 +17,7 @@ BENCHMARKS = {
     "learner_on_simulator": "benchmarks.learner_on_simulator",
     "cpe_speed": "benchmarks.cpe_speed",
     "cpe_accuracy": "benchmarks.cpe_accuracy",
+    "cpe_coverage": "benchmarks.cpe_coverage",
     "training_throughput": "benchmarks.training_throughput",
     "d3rlpy_throughput": "benchmarks.d3rlpy_throughput",
     "cartpole_offline": "benchmarks.cartpole_offline",

@@ -91,7 +91,11 @@ def _cartpole_other(obs: np.ndarray) -> np.ndarray:
 def _cartpole_rollouts(policy: SendProbability, episodes: int, seed: int) -> dict[str, np.ndarray]:
     """Roll `episodes` CartPole episodes in lockstep; arrays [episodes, horizon] and an alive mask."""
     env = gym.make_vec("CartPole-v1", num_envs=episodes, vectorization_mode="vector_entry_point")
-    rng = np.random.default_rng(seed)
+    # Not default_rng(seed): gymnasium seeds the envs' resets with that very stream, so the action
+    # draws would replay the initial states' draws (at step 2, the pole angles) and the actions
+    # would not follow the logged propensities — biasing every importance-weighted estimate and
+    # the truth alike. A separate stream keeps them independent.
+    rng = np.random.default_rng([seed, 0xAC7])
     obs, _ = env.reset(seed=seed)
     shape = (episodes, CARTPOLE_HORIZON)
     states = np.zeros((*shape, 4))

@@ -1,5 +1,7 @@
-"""evaluation stage: counterfactual policy evaluation with bootstrap intervals, a cross-fitted
-reward model and fitted Q evaluation, the CPE report (JSON, HTML, TensorBoard) and the deploy gate.
+"""evaluation stage: counterfactual policy evaluation with bootstrap intervals that refit the
+models, a cross-fitted reward model and fitted Q evaluation, t-test and empirical-Bernstein lower
+bounds, the CPE report (JSON, HTML, TensorBoard) with a headline chosen for the problem, and the
+deploy gate.
 
 Estimators — one-step: DM, IPS, SNIPS, DR, SNDR, switch-DR; sequential: PDIS, sequential DR,
 WDR, MAGIC; model-based: FQE; for continuous actions the same on kernel-smoothed weights
@@ -11,6 +13,7 @@ and `evaluate_action_samples` (continuous), `gate_model` (report → `GateDecisi
 evaluation MDPs out of training).
 """
 
+from evaluation.bounds import BoundMethod, HighConfidenceBound, high_confidence_bounds
 from evaluation.config import EvaluationConfig, GateConfig
 from evaluation.errors import EvaluationError, ReportError
 from evaluation.estimators import (
@@ -56,6 +59,7 @@ __all__ = [
     "SEQUENTIAL_ESTIMATORS",
     "ActionDimensionSummary",
     "ActionSummary",
+    "BoundMethod",
     "CpeReport",
     "CrossFitResult",
     "Estimate",
@@ -66,6 +70,7 @@ __all__ = [
     "GateAlert",
     "GateConfig",
     "GateDecision",
+    "HighConfidenceBound",
     "KernelConfig",
     "KernelSmoothing",
     "ReportError",
@@ -84,6 +89,7 @@ __all__ = [
     "fitted_q_evaluation",
     "gate_model",
     "held_out_mask",
+    "high_confidence_bounds",
     "hold_out_mdps",
     "ips",
     "kernel_weights",

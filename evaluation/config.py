@@ -6,15 +6,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from evaluation.bounds import BoundMethod
 from evaluation.fqe import RidgeFqeConfig
 from evaluation.kernel import KernelConfig
 from evaluation.reward_model import RidgeRewardModelConfig
 
+HeadlineName = Literal[
+    "auto", "dm", "ips", "snips", "dr", "sndr", "switch_dr", "pdis", "sequential_dr", "wdr", "magic", "fqe"
+]
+
 
 class GateConfig(BaseModel):
-    """When a model may be deployed, judged on the headline doubly robust estimate.
+    """When a model may be deployed, judged on the report's headline estimate (`CpeReport.headline`).
 
-    `threshold` applies to the lower bound of the *normalized* DR interval: 1.0 means "at
+    `threshold` applies to the lower bound of the headline's *normalized* interval: 1.0 means "at
     least as good as the logged policy, with the configured confidence".
     """
 
@@ -23,10 +28,15 @@ class GateConfig(BaseModel):
     schema_version: Literal[1] = 1
     threshold: float = 1.0
     min_effective_sample_size: float = Field(100.0, ge=0.0)
+    require_bound: BoundMethod | None = Field(
+        None,
+        description="also require this high-confidence lower bound (t_test or empirical_bernstein on the "
+        "importance-weighted terms, `evaluation.bounds`) to clear `threshold`, normalized like the headline",
+    )
     max_swing: float | None = Field(
         None,
         gt=0.0,
-        description="max relative change of the DR value vs the previous model's report; a larger swing "
+        description="max relative change of the headline value vs the previous model's report (same headline); a larger swing "
         "holds the model and raises an alert",
     )
 
@@ -60,3 +70,20 @@ class EvaluationConfig(BaseModel):
         "is never scored on the decisions it was trained on; 0 disables",
     )
     gate: GateConfig = Field(default_factory=GateConfig)
+    bound_term_range: tuple[float, float] | None = Field(
+        None,
+        description="the range [low, high] every importance-weighted term (w·r per decision, Σ γ^t w_t r_t per "
+        "episode) can take, from reward bounds and weight caps; makes the empirical-Bernstein bound a guarantee "
+        "(else it uses the observed range)",
+    )
+    problem: Literal["auto", "one_step", "multi_step"] = Field(
+        "auto",
+        description="one_step: decisions do not change later states (a bandit), so one-step estimators value "
+        "the policy; multi_step: they do, so only sequential estimators (and FQE) do; auto: multi_step when "
+        "any episode has more than one decision",
+    )
+    headline: HeadlineName = Field(
+        "auto",
+        description="the estimate the gate judges: auto picks by problem (multi-step: magic, one-step: dr); "
+        "continuous actions use the kernel_ version of the same estimator",
+    )

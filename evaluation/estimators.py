@@ -325,7 +325,7 @@ def mark_unavailable(estimate: Estimate, reason: str) -> Estimate:
 
 # --- one-step estimators ----------------------------------------------------------------------
 # Columns of the one-step bootstrap: r, Σπq̂, w·r, w, w·(r − q̂), w·(r − q̂)·1{w ≤ τ}.
-_ONE_STEP_VALUE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+ONE_STEP_VALUE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "dm": lambda m: m[..., 1],
     "ips": lambda m: m[..., 2],
     "snips": lambda m: m[..., 2] / m[..., 3],
@@ -397,7 +397,7 @@ def weighted_one_step_estimates(
     columns = np.stack([r, dm, w * r, w, residual, residual * kept], axis=1)
     specs = {
         name: EstimatorSpec(
-            value_of=_ONE_STEP_VALUE[name],
+            value_of=ONE_STEP_VALUE[name],
             weights=None if name == "dm" else w,
             clipped_share=float(np.mean(~kept)) if name == "switch_dr" else 0.0,
         )
@@ -525,8 +525,8 @@ def one_step_estimates(
     names: tuple[str, ...] = ONE_STEP_ESTIMATORS,
 ) -> dict[str, Estimate]:
     """DM, IPS, SNIPS, DR, SNDR and switch-DR together on one shared bootstrap (the cost of one)."""
-    unknown = [n for n in names if n not in _ONE_STEP_VALUE]
+    unknown = [n for n in names if n not in ONE_STEP_VALUE]
     if unknown:
-        raise EvaluationError(f"unknown one-step estimators {unknown}; choose from {list(_ONE_STEP_VALUE)}")
+        raise EvaluationError(f"unknown one-step estimators {unknown}; choose from {list(ONE_STEP_VALUE)}")
     args = (target_probs, q_hat, logged_action, logged_propensity, reward)
     return _one_step(tuple(names), *args, confidence, bootstrap_samples, seed, switch_threshold)

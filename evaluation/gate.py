@@ -78,39 +78,62 @@ def _finite(*values: float | None) -> bool:
 
 
 def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig) -> GateDecision:
-    """Approve only if the normalized DR lower bound ≥ threshold, ESS ≥ minimum, every computable
-    estimate is finite, the report is reliable and (when `max_swing` is set) the DR value moved at
-    most `max_swing` relative to the previous model's report; a larger swing also raises an alert.
+    """Approve only if the headline's normalized lower bound ≥ threshold, its ESS ≥ minimum, every
+    computable estimate is finite, the report is reliable, the required high-confidence bound (if
+    any) clears the threshold too, and (when `max_swing` is set) the headline value moved at most
+    `max_swing` relative to the previous model's report; a larger swing also raises an alert.
 
-    "DR" is the report's headline: `dr`, or `kernel_dr` (kernel-smoothed weights) for continuous
-    actions; the checks and their keys are the same for every action kind. A secondary estimate
+    The headline is the estimate the report chose for the problem (`CpeReport.headline`, with
+    `headline_reason`): MAGIC for multi-step episodes, DR for one-step ones, unless the
+    configuration names another; `kernel_` versions for continuous actions. A secondary estimate
     that cannot be computed for these data by design (`Estimate.available` False, e.g. PDIS over
     a horizon where its weights exceed float64) is listed in `notes` and does not block; one that
     is computable but NaN or infinite points at bad input and blocks."""
-    dr = report.headline_estimate
+    head = report.headline_estimate
+    name = report.headline
     reasons: list[str] = []
     alerts: list[GateAlert] = []
     checked: dict[str, float | None] = {
-        "dr_value": dr.value,
-        "dr_normalized": dr.normalized,
-        "dr_normalized_ci_low": dr.normalized_ci_low,
-        "effective_sample_size": dr.effective_sample_size,
+        "headline_value": head.value,
+        "headline_normalized": head.normalized,
+        "headline_normalized_ci_low": head.normalized_ci_low,
+        "effective_sample_size": head.effective_sample_size,
         "logged_value": report.logged_value,
     }
-    values = (dr.value, dr.normalized, dr.ci_low, dr.ci_high, dr.normalized_ci_low, dr.normalized_ci_high)
-    if not dr.available:
+    values = (
+        head.value,
+        head.normalized,
+        head.ci_low,
+        head.ci_high,
+        head.normalized_ci_low,
+        head.normalized_ci_high,
+    )
+    if not head.available:
+        reasons.append(f"the headline estimate {name} cannot be computed: {'; '.join(head.warnings)}")
+    elif not _finite(*values, report.logged_value):
         reasons.append(
-            f"the headline estimate {report.headline} cannot be computed: {'; '.join(dr.warnings)}"
+            f"the headline estimate {name} has non-finite values (value {head.value}, interval "
+            f"{head.ci_low}..{head.ci_high})"
         )
-    elif not _finite(*values, dr.effective_sample_size, report.logged_value):
+    elif head.normalized_ci_low < config.threshold:
         reasons.append(
-            f"the DR estimate has non-finite values (value {dr.value}, interval {dr.ci_low}..{dr.ci_high})"
+            f"normalized {name} lower bound {head.normalized_ci_low:.4f} is below the threshold "
+            f"{config.threshold:.4f} (estimate {head.normalized:.4f}×, {int(round(head.confidence * 100))}% interval)"
         )
-    elif dr.normalized_ci_low < config.threshold:
-        reasons.append(
-            f"normalized DR lower bound {dr.normalized_ci_low:.4f} is below the threshold {config.threshold:.4f} "
-            f"(estimate {dr.normalized:.4f}×, {int(round(dr.confidence * 100))}% interval)"
-        )
+    if config.require_bound is not None:
+        bound = next((b for b in report.bounds if b.method == config.require_bound), None)
+        if bound is None:
+            reasons.append(
+                f"the required {config.require_bound.value} bound is not in the report: the importance-weighted "
+                "terms it bounds overflow float64 or are too few for these data"
+            )
+        else:
+            checked[f"{bound.method.value}_normalized_lower"] = bound.normalized_lower
+            if not (bound.normalized_lower >= config.threshold):
+                reasons.append(
+                    f"the {bound.method.value} lower bound on {bound.estimator} is {bound.normalized_lower:.4f}× the "
+                    f"logged policy, below the threshold {config.threshold:.4f}"
+                )
     secondary = {name: e for name, e in report.estimates.items() if name != report.headline}
     broken = sorted(
         name for name, e in secondary.items() if e.available and not _finite(e.value, e.ci_low, e.ci_high)
@@ -127,7 +150,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         for _, e in sorted(secondary.items())
         if not e.available
     ]
-    ess = dr.effective_sample_size
+    ess = head.effective_sample_size
     if ess is not None and math.isfinite(ess) and ess < config.min_effective_sample_size:
         reasons.append(
             f"effective sample size {ess:.1f} is below the minimum {config.min_effective_sample_size:.1f}: "
@@ -135,14 +158,22 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         )
     if not report.reliable:
         reasons.append(f"the report is marked unreliable: {'; '.join(report.warnings)}")
-    before = previous.headline_estimate.value if previous is not None else None
-    if config.max_swing is not None and previous is not None and before is not None and dr.value is not None:
-        swing = abs(dr.value - before) / abs(before) if before != 0 else (0.0 if dr.value == 0 else math.inf)
-        checked["previous_dr_value"] = before
+    comparable = previous is not None and previous.headline == name
+    before = previous.headline_estimate.value if previous is not None and comparable else None
+    if (
+        config.max_swing is not None
+        and previous is not None
+        and before is not None
+        and head.value is not None
+    ):
+        swing = (
+            abs(head.value - before) / abs(before) if before != 0 else (0.0 if head.value == 0 else math.inf)
+        )
+        checked["previous_headline_value"] = before
         checked["swing"] = swing
         if not (swing <= config.max_swing):
             message = (
-                f"DR value moved from {before:.4g} (model {previous.model_version}) to {dr.value:.4g}, a relative "
+                f"{name} value moved from {before:.4g} (model {previous.model_version}) to {head.value:.4g}, a relative "
                 f"change of {swing:.3f} > max_swing {config.max_swing:.3f}; model held — check the data "
                 "before trusting it"
             )
@@ -152,7 +183,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
                     model_version=report.model_version,
                     previous_model_version=previous.model_version,
                     previous_value=before,
-                    value=dr.value,
+                    value=head.value,
                     swing=swing,
                     max_swing=config.max_swing,
                     message=message,
@@ -255,10 +286,11 @@ def evaluate_and_gate(
     decision = gate_model(report, previous_report, config.gate)
     record_alerts(decision, reports_dir)
     if decision.approved:
-        dr = report.headline_estimate
+        head = report.headline_estimate
         registry.deploy(
             version,
-            reason=f"CPE gate approved: DR {dr.normalized:.3f}× logged (lower bound {dr.normalized_ci_low:.3f}×)",
+            reason=f"CPE gate approved: {report.headline} {head.normalized:.3f}× logged "
+            f"(lower bound {head.normalized_ci_low:.3f}×)",
         )
         decision = decision.model_copy(update={"deployed": True})
     _save_decision(decision, out_dir)

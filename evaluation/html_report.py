@@ -190,6 +190,17 @@ def render_html(
     warning_list = "".join(f"<li>{esc(w)}</li>" for w in report.warnings)
     fqe = report.fqe
     headline = report.headline_estimate
+    bound_rows = "".join(
+        f"<tr><td>{esc(b.method.value)}</td><td>{esc(b.estimator)}</td><td>{_fmt(b.lower)}</td>"
+        f"<td>{_fmt(b.normalized_lower, 3)}×</td><td>{'yes' if b.guaranteed else 'no'}</td><td>{esc(b.description)}</td></tr>"
+        for b in report.bounds
+    )
+    bounds_table = (
+        "<h2>High-confidence lower bounds</h2><table><tr><th>method</th><th>on</th><th>lower bound</th>"
+        f"<th>normalized</th><th>guaranteed</th><th>assumes</th></tr>{bound_rows}</table>"
+        if bound_rows
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CPE report {esc(report.model_version)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -204,8 +215,13 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 <p>Data: {report.n_decisions} decisions in {report.n_episodes} episodes logged by
 {esc(", ".join(report.logged_policy_versions))} ({esc(str(report.data_start))} to {esc(str(report.data_end))}).
 Logged policy: {_fmt(report.logged_value)} mean reward per decision, {_fmt(report.logged_episode_value)}
-discounted return per episode (γ = {report.gamma}). The gate judges <b>{esc(report.headline)}</b>
-(normalized lower bound {_fmt(headline.normalized_ci_low, 3)}×).</p>
+discounted return per episode (γ = {report.gamma}); episodes of up to {report.max_episode_length} decisions,
+so the problem is treated as {esc(report.problem.replace("_", "-"))}. The gate judges <b>{esc(report.headline)}</b>
+(normalized lower bound {_fmt(headline.normalized_ci_low, 3)}×) — {esc(report.headline_reason)}.</p>
+<p>Intervals: {report.estimates[report.headline].bootstrap_samples} bootstrap resamples of whole episodes, each
+refitting the reward model and FQE (cross-fitted within the resample), so they hold the models' sampling error
+as well as the rows'. An estimate marked not reliable says why its interval cannot be trusted to cover.</p>
+{bounds_table}
 <p>How to read it: 1.0× means "as good as the logged policy" (normalized = 1 + (value − logged)/|logged|, so
 above 1 is better also when rewards are costs). One-step estimators (dm … switch_dr) value a
 single decision; sequential ones (pdis … magic, fqe) value a whole episode. An estimator is only as good as

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts import ActionKind
+from evaluation.bounds import HighConfidenceBound
 from evaluation.errors import ReportError
 from evaluation.estimators import Estimate
 from evaluation.fqe import FqeFit
@@ -21,7 +22,7 @@ from evaluation.kernel import KernelSmoothing
 from evaluation.reward_model import RewardModelFit
 
 REPORT_FILE = "cpe_report.json"
-HEADLINE_ESTIMATOR = "dr"  # kernel_dr for continuous actions (`evaluation.kinds.continuous`)
+HEADLINE_ESTIMATOR = "dr"  # the default of reports written before the headline was chosen per problem
 
 
 class ActionSummary(BaseModel):
@@ -67,7 +68,7 @@ class CpeReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2  # 2: headline_reason, problem, max_episode_length, bounds
     model_version: str
     action_kind: ActionKind = ActionKind.DISCRETE
     logged_policy_versions: list[str]
@@ -78,6 +79,17 @@ class CpeReport(BaseModel):
     gamma: float
     estimates: dict[str, Estimate]
     headline: str = Field(HEADLINE_ESTIMATOR, description="key of the estimate the gate judges")
+    headline_reason: str = Field("", description="why the gate judges that estimate (config or problem)")
+    problem: Literal["one_step", "multi_step"] = Field(
+        "one_step",
+        description="multi_step: decisions change later states, so only sequential estimates value the policy",
+    )
+    max_episode_length: int = 1
+    bounds: list[HighConfidenceBound] = Field(
+        default_factory=list,
+        description="high-confidence lower bounds on the importance-weighted terms (ips per decision for one-step "
+        "problems, pdis per episode for multi-step ones); empty when those terms overflow",
+    )
     reward_model: RewardModelFit
     fqe: FqeFit | None = None
     actions: list[ActionSummary] = Field(default_factory=list, description="per action (discrete)")

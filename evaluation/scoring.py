@@ -16,18 +16,22 @@ import numpy as np
 import pandas as pd
 
 from contracts import KIND_COLUMNS, ActionKind
+from evaluation.bounds import HighConfidenceBound, high_confidence_bounds
 from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
 from evaluation.estimators import (
     ONE_STEP_ESTIMATORS,
+    TINY_SAMPLE,
     Estimate,
     EstimatorSpec,
     bootstrapped_estimates,
     weighted_one_step_estimates,
 )
 from evaluation.fqe import FqeFit
+from evaluation.intervals import RefitBootstrap, refit_bootstrap
 from evaluation.joint_models import JointDesign, cross_fit_joint_reward_model, joint_fitted_q_evaluation
 from evaluation.kernel import KernelSmoothing
+from evaluation.refit import LinearDesign
 from evaluation.report import (
     ActionDimensionSummary,
     ActionSummary,
@@ -36,8 +40,13 @@ from evaluation.report import (
     describe_verdict,
 )
 from evaluation.reward_model import RewardModelFit
-from evaluation.sequential import weighted_sequential_estimates
+from evaluation.sequential import cumulative_weights, weighted_sequential_estimates
 
+# Importance-weighted estimators without a model term, and the effective sample size, as a share of
+# their samples, below which their bootstrap interval undercovers (benchmarks/cpe_coverage.py:
+# PDIS at 5 % covered 80 %, at 24 % 95 %).
+_PURE_IMPORTANCE = ("ips", "snips", "pdis")
+_MIN_ESS_SHARE = 0.1
 COMMON_COLUMNS = ("mdp_id", "sequence_number_ordinal", "state_features", "reward", "model_version")
 _ROWS_NAMED = 5
 
@@ -49,7 +58,8 @@ class ScoredDecisions:
     `weights` π/μ of the logged action (kernel-smoothed for continuous actions); `propensity` the
     logged μ (a probability, or a density for continuous actions; diagnostics only);
     `reward_logged`/`reward_target` the cross-fitted immediate-reward model q̂(x, a_logged) and
-    E_π q̂(x, ·); `q_logged`/`v_target` the same for FQE's long-term Q^π. `prefix` names
+    E_π q̂(x, ·); `q_logged`/`v_target` the same for FQE's long-term Q^π; `design` what both
+    models regress on, so the intervals can refit them (`evaluation.refit`). `prefix` names
     the weighted estimators ("kernel_" when the weights are kernel-smoothed).
     """
 
@@ -61,6 +71,7 @@ class ScoredDecisions:
     v_target: np.ndarray
     reward_fit: RewardModelFit
     fqe_fit: FqeFit
+    design: LinearDesign
     prefix: str = ""
     actions: tuple[ActionSummary, ...] = ()
     action_dimensions: tuple[ActionDimensionSummary, ...] = ()
@@ -150,6 +161,7 @@ def score_joint_design(
         v_target=q_long.target,
         reward_fit=reward_fit,
         fqe_fit=fqe_fit,
+        design=LinearDesign.joint(design.logged, design.target, episode, reward),
         **summaries,
     )
 
@@ -203,12 +215,22 @@ def report_from_scores(
     )
     estimates = {**_prefixed(one_step, scored.prefix), **_prefixed(sequential, scored.prefix)}
     estimates["fqe"] = _fqe_estimate(episode, scored.v_target, scored.propensity, reward, config)
+    boot = refit_bootstrap(scored.design, w, scored.q_logged, scored.v_target, config)
+    estimates = {
+        key: _with_refit_interval(e, _base_name(key, scored.prefix), boot, config)
+        for key, e in estimates.items()
+    }
+
+    max_length = int(np.bincount(episode).max())
+    problem = config.problem if config.problem != "auto" else ("multi_step" if max_length > 1 else "one_step")
+    estimates = _mark_trust(estimates, boot, problem, max_length, scored.prefix, config)
+    headline_name, headline_reason = _choose_headline(problem, max_length, scored.prefix, config)
+    bounds = _high_confidence_bounds(episode, w, reward, problem, scored.prefix, config)
 
     logged_value = float(reward.mean())
     warnings: list[str] = []
     if len(frame) < config.min_rows:
         warnings.append(f"only {len(frame)} decisions, fewer than min_rows={config.min_rows}")
-    headline_name = f"{scored.prefix}dr"
     headline = estimates[headline_name]
     warnings.extend(headline.warnings)
     reliable = not warnings
@@ -224,6 +246,10 @@ def report_from_scores(
         gamma=config.gamma,
         estimates=estimates,
         headline=headline_name,
+        headline_reason=headline_reason,
+        problem=problem,
+        max_episode_length=max_length,
+        bounds=bounds,
         reward_model=scored.reward_fit,
         fqe=scored.fqe_fit,
         actions=list(scored.actions),
@@ -235,6 +261,178 @@ def report_from_scores(
         verdict=describe_verdict(model_version, logged_value, headline, reliable, warnings),
         data_start=None if timestamps is None else timestamps.min().to_pydatetime(),
         data_end=None if timestamps is None else timestamps.max().to_pydatetime(),
+    )
+
+
+def _base_name(key: str, prefix: str) -> str:
+    return key[len(prefix) :] if prefix and key.startswith(prefix) else key
+
+
+def _with_refit_interval(
+    estimate: Estimate, base: str, boot: RefitBootstrap, config: EvaluationConfig
+) -> Estimate:
+    """The estimate with the refit bootstrap's intervals (MAGIC: also its refit-blend value)."""
+    if not estimate.available:
+        return estimate
+    low, high, n_low, n_high = boot.replicates[base].intervals(config.confidence)
+    update: dict[str, object] = {
+        "ci_low": low,
+        "ci_high": high,
+        "normalized_ci_low": n_low,
+        "normalized_ci_high": n_high,
+    }
+    if base == "magic":
+        update.update(value=boot.magic_value, normalized=boot.magic_normalized)
+    refit = estimate.model_copy(update=update)
+    numbers = (refit.value, refit.ci_low, refit.ci_high)
+    not_finite = f"{estimate.estimator}: the value or its interval is not finite"
+    if not all(np.isfinite(v) for v in numbers) and not_finite not in refit.warnings:
+        refit = refit.model_copy(update={"warnings": [*refit.warnings, not_finite], "reliable": False})
+    return refit
+
+
+def _warn(estimate: Estimate, message: str) -> Estimate:
+    return estimate.model_copy(update={"warnings": [*estimate.warnings, message], "reliable": False})
+
+
+def _model_check(
+    model: Estimate,
+    name: str,
+    check_name: str,
+    boot: RefitBootstrap,
+    check_base: str,
+    model_base: str,
+    pct: int,
+    confidence: float,
+) -> str | None:
+    """Why a model-based estimate is not to be trusted, or None: its bias, bounded by the interval of
+    (importance-weighted check − model) over the same resamples, must fit inside its own half-width."""
+    difference = boot.replicates[check_base].values - boot.replicates[model_base].values
+    low, high = (
+        (float(v) for v in np.quantile(difference, [(1 - confidence) / 2, (1 + confidence) / 2]))
+        if np.all(np.isfinite(difference))
+        else (np.nan, np.nan)
+    )
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return (
+            f"{name}: the model cannot be checked against {check_name} on these data ({check_name} is not finite on "
+            "every resample), so its interval, which cannot hold the model's bias, is not to be trusted"
+        )
+    half_width = (model.ci_high - model.ci_low) / 2.0
+    bound = max(abs(low), abs(high))
+    if bound <= half_width:
+        return None
+    return (
+        f"{name}: the data do not confirm its model: {check_name} − {name} is {low:.4g} to {high:.4g} ({pct}% "
+        f"interval), so its bias may reach {bound:.4g}, more than its own interval's half-width {half_width:.4g}, "
+        "which holds the model's variance but not its bias"
+    )
+
+
+def _mark_trust(
+    estimates: dict[str, Estimate],
+    boot: RefitBootstrap,
+    problem: str,
+    max_length: int,
+    prefix: str,
+    config: EvaluationConfig,
+) -> dict[str, Estimate]:
+    """Flag estimates whose interval cannot be trusted to cover, each with why (issue: CPE you can trust):
+    one-step estimates of a multi-step problem, model-based ones the data do not confirm, and
+    importance-weighted ones whose weights are too heavy for a bootstrap."""
+    pct = int(round(config.confidence * 100))
+    out = dict(estimates)
+    for key, estimate in estimates.items():
+        if not estimate.available:
+            continue
+        base = _base_name(key, prefix)
+        if problem == "multi_step" and base in (*ONE_STEP_ESTIMATORS,):
+            estimate = _warn(
+                estimate,
+                f"{key}: values one decision under the logged policy's states, but episodes here have up to "
+                f"{max_length} decisions and a decision may change the states that follow; use a sequential "
+                "estimate, or set evaluation.problem: one_step if decisions do not affect later states",
+            )
+        ess = estimate.effective_sample_size
+        if (
+            base in _PURE_IMPORTANCE
+            and ess is not None
+            and np.isfinite(ess)
+            and ess < _MIN_ESS_SHARE * estimate.n
+        ):
+            estimate = _warn(
+                estimate,
+                f"{key}: effective sample size {ess:.1f} is under {_MIN_ESS_SHARE:.0%} of its {estimate.n} samples: "
+                "without a model to steady it, a few heavy weights make its sampling distribution skewed, and "
+                "the bootstrap interval undercovers (80 % for a nominal 95 % in benchmarks/cpe_coverage.py)",
+            )
+        elif ess is not None and np.isfinite(ess) and 1.0 <= ess < TINY_SAMPLE:
+            estimate = _warn(
+                estimate,
+                f"{key}: effective sample size {ess:.1f} < {TINY_SAMPLE}: a few heavy importance weights decide the "
+                "value, and a bootstrap interval cannot cover that reliably",
+            )
+        if base == "dm" and problem == "one_step":
+            why = _model_check(estimate, key, f"{prefix}dr", boot, "dr", "dm", pct, config.confidence)
+            estimate = _warn(estimate, why) if why else estimate
+        if base == "fqe":
+            check = estimates.get(f"{prefix}wdr")
+            why = (
+                _model_check(estimate, key, f"{prefix}wdr", boot, "wdr", "fqe", pct, config.confidence)
+                if check is not None and check.available
+                else f"{key}: cannot be checked against {prefix}wdr (unavailable for these data), so its interval, "
+                "which cannot hold the model's bias, is not to be trusted"
+            )
+            estimate = _warn(estimate, why) if why else estimate
+        out[key] = estimate
+    return out
+
+
+def _high_confidence_bounds(
+    episode: np.ndarray,
+    w: np.ndarray,
+    reward: np.ndarray,
+    problem: str,
+    prefix: str,
+    config: EvaluationConfig,
+) -> list[HighConfidenceBound]:
+    """t-test and empirical-Bernstein lower bounds on the importance-weighted terms: w·r per decision
+    (one-step problems) or Σ_t γ^t w_t r_t per episode (multi-step); none when those overflow float64."""
+    if problem == "one_step":
+        name, terms, logged = f"{prefix}ips", w * reward, float(reward.mean())
+    else:
+        starts = np.flatnonzero(np.r_[True, np.diff(episode) > 0])
+        step = np.arange(episode.size) - starts[episode]
+        discount = config.gamma**step
+        with np.errstate(over="ignore", invalid="ignore"):
+            terms = np.bincount(episode, weights=discount * cumulative_weights(episode, w, starts) * reward)
+        name, logged = f"{prefix}pdis", float(np.bincount(episode, weights=discount * reward).mean())
+    if terms.size < 2 or not np.all(np.isfinite(terms)):
+        return []
+    found = high_confidence_bounds(
+        terms,
+        estimator=name,
+        logged_value=logged,
+        confidence=config.confidence,
+        declared_range=config.bound_term_range,
+    )
+    return list(found.values())
+
+
+def _choose_headline(problem: str, max_length: int, prefix: str, config: EvaluationConfig) -> tuple[str, str]:
+    """The estimate the gate judges, and why."""
+    if config.headline != "auto":
+        name = config.headline if config.headline in ("dm", "fqe") else f"{prefix}{config.headline}"
+        return name, f"{name}: set by evaluation.headline in the configuration"
+    if problem == "multi_step":
+        return f"{prefix}magic", (
+            f"{prefix}magic: episodes have up to {max_length} decisions, so the gate judges a sequential estimate "
+            "of the discounted return per episode (MAGIC: weighted DR blended with FQE where the weights run "
+            "out; set evaluation.headline to override)"
+        )
+    return f"{prefix}dr", (
+        f"{prefix}dr: every episode is one decision (a bandit), so the gate judges doubly robust mean reward "
+        "per decision (set evaluation.headline to override)"
     )
 
 

@@ -27,7 +27,7 @@ largest log weight, rather than as a NaN that reads like corrupt input.
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import nnls
 
 from evaluation.errors import EvaluationError
 from evaluation.estimators import (
@@ -48,6 +48,8 @@ SEQUENTIAL_ESTIMATORS = ("pdis", "sequential_dr", "wdr", "magic")
 MAGIC_TRUNCATIONS = 25
 # log of the largest float64 (≈ 709.78): a weight, or a value, beyond exp(this) is inf.
 LOG_FLOAT64_MAX = float(np.log(np.finfo(np.float64).max))
+# Weight of the Σx = 1 row in MAGIC's least-squares blend (the objective is scaled to at most 1).
+_SIMPLEX_ROW_WEIGHT = 1e3
 
 
 def _episode_layout(episode_index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,21 +100,44 @@ def _magic_blend(g_point: np.ndarray, g_boot: np.ndarray, confidence: float) -> 
         return x
     omega = np.atleast_2d(np.cov(g_boot[finite], rowvar=False))
     low, high = interval(g_boot[finite, -1], confidence)
-    bias = np.where(g_point < low, low - g_point, np.where(g_point > high, g_point - high, 0.0))
+    return magic_blend_weights(g_point, omega, low, high)
+
+
+def magic_blend_weights(g: np.ndarray, omega: np.ndarray, low: float, high: float) -> np.ndarray:
+    """MAGIC's blend of the j-step returns `g` [J]: x on the simplex minimizing xᵀ(Ω + b bᵀ)x, the
+    bias b_j being g_j's distance to WDR's interval [low, high] (g's last entry is WDR itself)."""
+    if not (np.all(np.isfinite(g)) and np.all(np.isfinite(omega)) and np.isfinite(low) and np.isfinite(high)):
+        x = np.zeros(g.size)
+        x[-1] = 1.0
+        return x
+    bias = np.where(g < low, low - g, np.where(g > high, g - high, 0.0))
     matrix = omega + np.outer(bias, bias)
-    scale = float(np.max(np.abs(matrix))) or 1.0
-    matrix = matrix / scale
-    k = g_point.size
-    result = minimize(
-        lambda x: float(x @ matrix @ x),
-        np.full(k, 1.0 / k),
-        jac=lambda x: 2.0 * matrix @ x,
-        bounds=[(0.0, 1.0)] * k,
-        constraints=[{"type": "eq", "fun": lambda x: float(np.sum(x) - 1.0)}],
-        method="SLSQP",
-    )
-    x = np.clip(result.x, 0.0, None)
+    matrix = matrix / (float(np.max(np.abs(matrix))) or 1.0)
+    # xᵀMx = ‖Rᵀx‖² with M = R Rᵀ; the simplex's Σx = 1 enters as one heavily weighted row, and
+    # non-negative least squares (Lawson–Hanson, exact) keeps x ≥ 0.
+    eigenvalues, vectors = np.linalg.eigh(matrix)
+    root = vectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+    k = g.size
+    system = np.vstack([root.T, _SIMPLEX_ROW_WEIGHT * np.ones((1, k))])
+    x, _ = nnls(system, np.r_[np.zeros(k), _SIMPLEX_ROW_WEIGHT], maxiter=50 * k)
+    if not x.sum() > 0.0:
+        x = np.zeros(k)
+        x[-1] = 1.0
     return x / x.sum()
+
+
+def step_returns(m: np.ndarray, horizon: int, truncations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(WDR [...], j-step returns g^(j) [..., J]) from the means of `_StepTerms.column_block()`.
+
+    a_t = mean A_t / mean W_t, b_t = mean B_t / mean W_{t−1} (W_{−1} = 1); WDR = Σ_t (a_t + b_t) and
+    g^(j) = Σ_{t≤j} (a_t + b_t) + b_{j+1} for each truncation j."""
+    a_cols, b_cols = m[..., :horizon], m[..., horizon : 2 * horizon]
+    weights = m[..., 2 * horizon : 3 * horizon]
+    previous = np.concatenate([np.ones_like(weights[..., :1]), weights[..., :-1]], axis=-1)
+    a_t, b_t = a_cols / weights, b_cols / previous
+    partial = np.concatenate([np.zeros_like(a_t[..., :1]), np.cumsum(a_t + b_t, axis=-1)], axis=-1)
+    tail = np.concatenate([b_t, np.zeros_like(b_t[..., :1])], axis=-1)
+    return np.sum(a_t + b_t, axis=-1), partial[..., truncations + 1] + tail[..., truncations + 1]
 
 
 def sequential_estimates(
@@ -221,26 +246,14 @@ def weighted_sequential_estimates(
         ep, step, lengths, log_w, log_w_prev, discount * (r - q_logged), discount * v_hat
     )
     columns = np.hstack([np.stack([logged_return, pdis, seq_dr], axis=1), steps.column_block()])
-    a_cols, b_cols, w_cols = 3 + np.arange(horizon), 3 + horizon + np.arange(horizon), 3 + 2 * horizon
-
-    def step_terms(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """a_t = mean A_t / mean W_t and b_t = mean B_t / mean W_{t−1} (W_{−1} = 1): [..., H] each."""
-        weights = m[..., w_cols : w_cols + horizon]
-        previous = np.concatenate([np.ones_like(weights[..., :1]), weights[..., :-1]], axis=-1)
-        return m[..., a_cols] / weights, m[..., b_cols] / previous
-
+    w_cols = 3 + 2 * horizon
     truncations = _truncation_points(horizon)
 
     def j_step_returns(m: np.ndarray) -> np.ndarray:
-        """g^(j) = Σ_{t≤j} (a_t + b_t) + b_{j+1} for each truncation j: [..., J]."""
-        a_t, b_t = step_terms(m)
-        partial = np.concatenate([np.zeros_like(a_t[..., :1]), np.cumsum(a_t + b_t, axis=-1)], axis=-1)
-        tail = np.concatenate([b_t, np.zeros_like(b_t[..., :1])], axis=-1)
-        return partial[..., truncations + 1] + tail[..., truncations + 1]
+        return step_returns(m[..., 3:], horizon, truncations)[1]
 
     def wdr(m: np.ndarray) -> np.ndarray:
-        a_t, b_t = step_terms(m)
-        return np.sum(a_t + b_t, axis=-1)
+        return step_returns(m[..., 3:], horizon, truncations)[0]
 
     # ESS is scale-free: computed on the final weights divided by the largest (finite at any horizon).
     final_log = log_w[starts + lengths - 1]

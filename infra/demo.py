@@ -54,7 +54,8 @@ class DaySummary:
     decisions: int
     timeline_rows: int
     candidate_version: str  # trained tonight
-    cpe_estimate: float  # candidate's estimated mean reward per decision as served (DR, raw)
+    cpe_estimator: str  # the report's headline (the estimate the gate judged)
+    cpe_estimate: float  # candidate's estimated mean reward per decision as served (headline, raw)
     cpe_ci_low: float
     cpe_ci_high: float
     cpe_normalized: float
@@ -197,6 +198,8 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
                 _write_summary(env, summaries)
         progress("")
         progress(format_summary(summaries))
+        for line in cpe_checks(summaries):
+            progress(line)
         progress("")
         progress(f"summary:      {env.run_dir / 'summary.json'}")
         progress(f"CPE reports:  {env.reports_dir}/<model>/cpe_report.json, gate.json")
@@ -227,7 +230,13 @@ def _summarize(
     oracle_reward = sim.oracle_value(outcome.day)
     gap = oracle_reward - logging_reward
     nan = float("nan")
-    dr = result.report.estimates.get("dr") if result.report is not None else None
+    report = result.report
+    head = report.headline_estimate if report is not None else None
+    # A sequential headline values the undiscounted return of a user's day (evaluation.gamma 1):
+    # divided by the decisions per day, it is the mean reward per decision that `realized` measures.
+    per_decision = 1.0
+    if report is not None and report.problem == "multi_step" and report.headline != "dm":
+        per_decision = report.n_episodes / report.n_decisions if report.gamma == 1.0 else nan
     return DaySummary(
         day=day,
         model_version=served_version,
@@ -238,10 +247,11 @@ def _summarize(
         decisions=outcome.decisions,
         timeline_rows=len(day_rows),
         candidate_version=result.candidate.version,
-        cpe_estimate=dr.value if dr else nan,
-        cpe_ci_low=dr.ci_low if dr else nan,
-        cpe_ci_high=dr.ci_high if dr else nan,
-        cpe_normalized=dr.normalized if dr else nan,
+        cpe_estimator=report.headline if report is not None else "",
+        cpe_estimate=head.value * per_decision if head and head.value is not None else nan,
+        cpe_ci_low=head.ci_low * per_decision if head and head.ci_low is not None else nan,
+        cpe_ci_high=head.ci_high * per_decision if head and head.ci_high is not None else nan,
+        cpe_normalized=head.normalized if head and head.normalized is not None else nan,
         gate="approved" if result.decision.approved else "rejected",
         gate_reasons=list(result.decision.reasons),
     )
@@ -294,6 +304,24 @@ def format_summary(rows: list[DaySummary]) -> str:
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+
+
+def cpe_checks(rows: list[DaySummary]) -> list[str]:
+    """For every approved candidate, its CPE estimate per decision against what it realized on the
+    days it then served (the trust check of a CPE number, docs/demo.md)."""
+    lines = []
+    for night, row in enumerate(rows):
+        if row.gate != "approved":
+            continue
+        served = [later for later in rows[night + 1 :] if later.model_version == row.candidate_version]
+        for later in served:
+            error = (row.cpe_estimate - later.realized_reward) / abs(later.realized_reward)
+            lines.append(
+                f"CPE check: night {night} estimated {row.cpe_estimate:.4f} per decision for {row.candidate_version} "
+                f"({row.cpe_estimator}, 95% CI {row.cpe_ci_low:.4f}–{row.cpe_ci_high:.4f}); it realized "
+                f"{later.realized_reward:.4f} on day {later.day} ({error:+.1%})"
+            )
+    return lines
 
 
 def _write_summary(env: Environment, rows: list[DaySummary]) -> Path:

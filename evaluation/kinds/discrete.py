@@ -18,6 +18,7 @@ from evaluation.errors import EvaluationError
 from evaluation.estimators import importance_weights, logged_columns
 from evaluation.fqe import fitted_q_evaluation
 from evaluation.kinds import EvaluatedPolicy
+from evaluation.refit import LinearDesign
 from evaluation.report import ActionSummary, CpeReport
 from evaluation.reward_model import cross_fit_reward_model
 from evaluation.scoring import (
@@ -117,6 +118,7 @@ def evaluate_probabilities(
         v_target=np.sum(pi * fqe.q_hat, axis=1),
         reward_fit=reward_fit.fit,
         fqe_fit=fqe.fit,
+        design=LinearDesign.per_action(x, a, pi, episode, reward),
         actions=_action_summaries(actions, a, pi, reward, reward_fit.q_hat),
     )
     return report_from_scores(frame, ActionKind.DISCRETE, scored, model_version, config)

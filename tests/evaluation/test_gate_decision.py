@@ -1,4 +1,4 @@
-"""gate_model: approve only with a confident, finite, well-supported, stable DR estimate."""
+"""gate_model: approve only with a confident, finite, well-supported, stable headline estimate."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from evaluation import (
     record_alerts,
     render_html,
 )
+from evaluation.bounds import BoundMethod, HighConfidenceBound
 from evaluation.estimators import mark_unavailable
 
 
@@ -65,13 +66,13 @@ def test_approves_a_confident_improvement() -> None:
     decision = gate_model(_report(), None, GateConfig())
     assert decision.approved, decision.reasons
     assert decision.reasons == []
-    assert decision.checked["dr_normalized_ci_low"] == 1.05
+    assert decision.checked["headline_normalized_ci_low"] == 1.05
 
 
 def test_rejects_lower_bound_below_threshold() -> None:
     decision = gate_model(_report(normalized_low=0.98), None, GateConfig(threshold=1.0))
     assert not decision.approved
-    assert "normalized DR lower bound 0.9800 is below the threshold 1.0000" in decision.reasons[0]
+    assert "normalized dr lower bound 0.9800 is below the threshold 1.0000" in decision.reasons[0]
     assert gate_model(_report(normalized_low=0.98), None, GateConfig(threshold=0.95)).approved
 
 
@@ -112,7 +113,7 @@ def test_swing_against_previous_report() -> None:
 def test_decision_round_trips_as_json() -> None:
     decision = gate_model(_report(normalized_low=math.nan), None, GateConfig())
     again = type(decision).model_validate_json(decision.model_dump_json())
-    assert again.approved is False and math.isnan(again.checked["dr_normalized_ci_low"])
+    assert again.approved is False and math.isnan(again.checked["headline_normalized_ci_low"])
 
 
 def test_swing_raises_an_alert_recorded_in_a_jsonl_file(tmp_path, caplog) -> None:
@@ -212,3 +213,41 @@ def test_html_report_tells_not_computable_from_broken() -> None:
     assert "<td>nan</td>" in wdr_row and "NO: wdr: the value is NaN" in wdr_row
     assert "<p>Gate reasons (blocking):</p><ul><li>estimates [&#x27;wdr&#x27;] are NaN" in page
     assert "<p>Not computable for these data (reported, not blocking):</p><ul><li>pdis: cumulative" in page
+
+
+def _with_bound(report: CpeReport, method: BoundMethod, normalized_lower: float) -> CpeReport:
+    bound = HighConfidenceBound(
+        method=method,
+        estimator="ips",
+        confidence=0.95,
+        lower=2.0 * normalized_lower,
+        normalized_lower=normalized_lower,
+        mean=2.2,
+        n=10_000,
+        range_low=None,
+        range_high=None,
+        range_source=None,
+        guaranteed=False,
+        description="test",
+    )
+    return report.model_copy(update={"bounds": [bound]})
+
+
+def test_a_required_bound_below_the_threshold_blocks_an_otherwise_approved_model() -> None:
+    report = _with_bound(_report(), BoundMethod.T_TEST, 0.97)
+    assert gate_model(report, None, GateConfig()).approved  # not required: the bootstrap alone decides
+    decision = gate_model(report, None, GateConfig(require_bound=BoundMethod.T_TEST))
+    assert not decision.approved
+    assert decision.reasons == [
+        "the t_test lower bound on ips is 0.9700× the logged policy, below the threshold 1.0000"
+    ]
+    assert decision.checked["t_test_normalized_lower"] == 0.97
+    passing = _with_bound(_report(), BoundMethod.T_TEST, 1.01)
+    assert gate_model(passing, None, GateConfig(require_bound=BoundMethod.T_TEST)).approved
+
+
+def test_a_required_bound_missing_from_the_report_blocks() -> None:
+    report = _with_bound(_report(), BoundMethod.T_TEST, 1.2)
+    decision = gate_model(report, None, GateConfig(require_bound=BoundMethod.EMPIRICAL_BERNSTEIN))
+    assert not decision.approved
+    assert decision.reasons[0].startswith("the required empirical_bernstein bound is not in the report")

@@ -259,4 +259,4 @@ def test_200_step_continuous_episodes_gate_on_the_headline(
     assert len(decision.notes) == len(unavailable)
     for name, note in zip(unavailable, decision.notes, strict=True):
         assert note.startswith(f"{name}: cumulative importance weights reach exp(")
-        assert note.endswith("(reported, does not block: the gate decides on kernel_dr)")
+        assert note.endswith(f"(reported, does not block: the gate decides on {report.headline})")

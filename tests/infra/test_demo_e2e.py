@@ -97,6 +97,7 @@ def test_summary_json_is_the_table(demo_run) -> None:
         "realized_reward",
         "logging_reward",
         "oracle_reward",
+        "cpe_estimator",
         "cpe_estimate",
         "cpe_ci_low",
         "cpe_ci_high",
