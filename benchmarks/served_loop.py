@@ -328,7 +328,7 @@ def run_family(
                 record.gate = "approved" if refresh.decision.approved else "rejected"
                 headline = refresh.report.headline_estimate if refresh.report is not None else None
                 estimate = (
-                    f"DR {headline.normalized:.3f}× logged [{headline.normalized_ci_low:.3f}, "
+                    f"{refresh.report.headline} {headline.normalized:.3f}× logged [{headline.normalized_ci_low:.3f}, "
                     f"{headline.normalized_ci_high:.3f}]"
                     if headline is not None
                     else "no CPE report"

@@ -131,7 +131,10 @@ def refit_bootstrap(
         for first in range(0, counts.shape[0], batch):
             c = counts[first : first + batch].astype(np.float64)
             rows = slice(start + first, start + first + c.shape[0])
-            fits = refit_predictions(design, c, config.gamma, config.reward_model, config.fqe, config.seed)
+            resamples = np.arange(start + first, start + first + c.shape[0])
+            fits = refit_predictions(
+                design, c, config.gamma, config.reward_model, config.fqe, config.seed, resamples
+            )
             row_w = c[:, ep]
             decisions = row_w.sum(axis=1)
             residual = w * (r - fits.reward_logged)

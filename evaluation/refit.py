@@ -10,11 +10,12 @@ resample, and every estimator is recomputed from the refitted predictions
 Both models are ridge regressions on a fixed design (`LinearDesign`): per-action heads on [1, x]
 for discrete actions, one head on [1, φ(x, a)] for vector actions (`evaluation.joint_models`).
 A refit on a resample is therefore the same ridge solve with the resample's episode counts as row
-weights, and a batch of resamples is one batched solve. The folds are the point fit's folds
-(by episode, `fold_of_episode` with the same seed), and each row's prediction comes from the
-model fitted on the *resampled* episodes of the other folds — cross-fitting kept inside every
-resample. With unit counts the refit reproduces the point fit (tested), so the bootstrap
-distribution is that of the very estimator the report prints.
+weights, and a batch of resamples is one batched solve. Cross-fitting is kept inside every
+resample: each resample draws its own split of the episodes into folds, and each row's prediction
+comes from the model fitted on the *resampled* episodes of the other folds — so the intervals also
+hold how much the estimate depends on the split. With the point fit's folds and unit counts the
+refit reproduces the point fit (tested), so the bootstrap distribution is that of the very
+estimator the report prints.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ class _Ridge:
         d = self.design
         n_p = d.base.shape[1]
         b = self.counts.shape[0]
-        weights = self.counts * train_episodes[None, :]  # [b, E]
+        weights = self.counts * train_episodes  # [b, E] (train_episodes [E] or [b, E])
         if self._outer is not None:
             out = np.einsum("be,ehk->bhk", weights, self._outer)
             return out.reshape(b, d.n_heads, n_p, n_p)
@@ -196,6 +197,20 @@ def _ridge_solve(grams: np.ndarray, rhs: np.ndarray, penalty: np.ndarray) -> np.
     return np.linalg.solve(system, rhs[..., None])[..., 0]
 
 
+def episode_folds(
+    n_episodes: int, folds: int, seed: int, resamples: np.ndarray | None, episode: np.ndarray
+) -> np.ndarray:
+    """The fold of every episode, [b, E]: the point fit's (`fold_of_episode`) in every row when
+    `resamples` is None, else a fresh random split per resample (seeded by its index), so the
+    intervals also hold how much the estimate depends on the split."""
+    if resamples is None:
+        fold = fold_of_episode(episode, folds, seed)
+        return fold[np.r_[0, np.flatnonzero(np.diff(episode)) + 1]][None, :]
+    return np.stack(
+        [np.random.default_rng([seed, 0xF01D, int(s)]).permutation(n_episodes) % folds for s in resamples]
+    )
+
+
 def refit_predictions(
     design: LinearDesign,
     counts: np.ndarray,
@@ -203,12 +218,15 @@ def refit_predictions(
     reward_config: RidgeRewardModelConfig,
     fqe_config: RidgeFqeConfig,
     seed: int,
+    resamples: np.ndarray | None = None,
 ) -> RefitPredictions:
     """Both models refitted on each resample (`counts` [b, E]: how often each episode is drawn).
 
     Mirrors `cross_fit_reward_model`/`fitted_q_evaluation` (and their joint versions): same
-    folds, same iterations, same fallbacks (the mean reward when there are fewer episodes than
-    folds; the pooled fit for heads with fewer than `min_rows_per_action` rows).
+    iterations, same fallbacks (the mean reward when there are fewer episodes than folds; the
+    pooled fit for heads with fewer than `min_rows_per_action` rows). Folds: the point fit's when
+    `resamples` (the resamples' indices, [b]) is None — then unit counts reproduce the point fit —
+    else a fresh split per resample (`episode_folds`).
     """
     d = design
     counts = np.asarray(counts, dtype=np.float64)
@@ -221,14 +239,15 @@ def refit_predictions(
         mean = (ridge.row_weight @ d.reward) / ridge.row_weight.sum(axis=1)
         out["reward_logged"][:] = out["reward_target"][:] = mean[:, None]
     else:
-        fold = fold_of_episode(d.episode, reward_config.folds, seed)
-        episode_fold = fold[np.r_[0, np.flatnonzero(np.diff(d.episode)) + 1]]
+        fold_of = episode_folds(d.n_episodes, reward_config.folds, seed, resamples, d.episode)
         for k in range(reward_config.folds):
-            test = np.flatnonzero(fold == k)
-            shared = ridge.fold(fold != k, episode_fold != k)
+            train_episodes = fold_of != k
+            train_rows = train_episodes[:, d.episode]
+            shared = ridge.fold(train_rows, train_episodes)
             beta = ridge.solve(shared, d.reward, reward_config.l2, reward_config.min_rows_per_action)
-            out["reward_logged"][:, test] = ridge.predict_logged(beta)[:, test]
-            out["reward_target"][:, test] = ridge.predict_target(beta)[:, test]
+            test = ~train_rows
+            np.copyto(out["reward_logged"], ridge.predict_logged(beta), where=test)
+            np.copyto(out["reward_target"], ridge.predict_target(beta), where=test)
 
     if d.n_episodes < fqe_config.folds:
         mean = (ridge.row_weight @ d.reward) / ridge.row_weight.sum(axis=1)
@@ -237,18 +256,18 @@ def refit_predictions(
     else:
         has_next = np.r_[d.episode[1:] == d.episode[:-1], False]
         iterations = int(min(fqe_config.iterations, np.bincount(d.episode).max()))
-        fold = fold_of_episode(d.episode, fqe_config.folds, seed)
-        episode_fold = fold[np.r_[0, np.flatnonzero(np.diff(d.episode)) + 1]]
+        fold_of = episode_folds(d.n_episodes, fqe_config.folds, seed, resamples, d.episode)
         for k in range(fqe_config.folds):
-            train_rows = fold != k
-            test = np.flatnonzero(~train_rows)
-            shared = ridge.fold(train_rows, episode_fold != k)
+            train_episodes = fold_of != k
+            train_rows = train_episodes[:, d.episode]
+            shared = ridge.fold(train_rows, train_episodes)
             v_next = np.zeros((b, n))  # the current model's E_π Q at each row's next step (0 at the end)
             beta = np.zeros((b, d.n_heads, d.base.shape[1]))
             for _ in range(iterations):
                 y = d.reward + gamma * v_next
                 beta = ridge.solve(shared, y, fqe_config.l2, fqe_config.min_rows_per_action)
                 v_next[:, :-1] = ridge.predict_target(beta)[:, 1:] * has_next[:-1]
-            out["q_logged"][:, test] = ridge.predict_logged(beta)[:, test]
-            out["v_target"][:, test] = ridge.predict_target(beta)[:, test]
+            test = ~train_rows
+            np.copyto(out["q_logged"], ridge.predict_logged(beta), where=test)
+            np.copyto(out["v_target"], ridge.predict_target(beta), where=test)
     return RefitPredictions(**out)

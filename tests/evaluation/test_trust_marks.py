@@ -1,0 +1,157 @@
+"""What the report says about how far to trust each estimate: the headline chosen for the problem and
+why, one-step estimates of a multi-step problem, a reward model the data do not confirm, heavy
+weights, and the high-confidence bounds (checked against scipy on the same terms)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from evaluation import BoundMethod, EvaluationConfig, evaluate_probabilities
+from features import fit_normalization, frame_from_feature_maps
+
+
+def _timelines(n_episodes: int, steps: int, seed: int, reward_of=None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Episodes of `steps` decisions, x ~ N(0, 1), uniform logging over two actions; reward
+    `reward_of(x, a, rng)` (default x + a + noise). Returns the frame and the logged x."""
+    rng = np.random.default_rng(seed)
+    n = n_episodes * steps
+    x = rng.normal(size=n)
+    a = rng.integers(0, 2, n)
+    r = reward_of(x, a, rng) if reward_of else x + a + rng.normal(scale=0.5, size=n)
+    frame = pd.DataFrame(
+        {
+            "mdp_id": [f"e{i // steps:05d}" for i in range(n)],
+            "sequence_number_ordinal": [i % steps + 1 for i in range(n)],
+            "state_features": [
+                {"x": float(v), "steps_left": float(steps - 1 - i % steps)} for i, v in enumerate(x)
+            ],
+            "action": np.where(a == 1, "b", "a"),
+            "action_probability": 0.5,
+            "possible_actions": [["a", "b"]] * n,
+            "reward": r,
+            "model_version": "uniform",
+        }
+    )
+    return frame, x
+
+
+def _evaluate(frame: pd.DataFrame, target: np.ndarray, **config):
+    spec = fit_normalization(frame_from_feature_maps(frame["state_features"].tolist()))
+    settings = {"bootstrap_samples": 60, "min_rows": 1, **config}
+    return evaluate_probabilities(frame, target, ["a", "b"], "target", EvaluationConfig(**settings), spec)
+
+
+def test_one_step_problems_judge_dr_and_multi_step_ones_magic() -> None:
+    frame, _ = _timelines(300, 1, 0)
+    target = np.tile([0.3, 0.7], (len(frame), 1))
+    one = _evaluate(frame, target)
+    assert (one.problem, one.max_episode_length, one.headline) == ("one_step", 1, "dr")
+    assert one.headline_reason.startswith("dr: every episode is one decision")
+    assert one.estimates["dr"].reliable, one.estimates["dr"].warnings
+
+    frame, _ = _timelines(200, 3, 1)
+    # The target is the logging policy and states do not depend on actions: with the steps left in the
+    # state, FQE's linear Q can represent the value (without them it cannot, and the check flags it).
+    same = _evaluate(frame, np.tile([0.5, 0.5], (len(frame), 1)))
+    assert same.estimates["fqe"].reliable, same.estimates["fqe"].warnings
+    assert (same.problem, same.max_episode_length, same.headline) == ("multi_step", 3, "magic")
+    assert "episodes have up to 3 decisions" in same.headline_reason
+    assert "the data confirm FQE" in same.headline_reason
+
+    target = np.tile([0.3, 0.7], (len(frame), 1))
+    multi = _evaluate(frame, target)
+    assert multi.problem == "multi_step"
+    for name in ("dm", "ips", "snips", "dr", "sndr", "switch_dr"):
+        e = multi.estimates[name]
+        assert not e.reliable
+        assert any(
+            w.startswith(f"{name}: values one decision under the logged policy's states") for w in e.warnings
+        )
+    assert multi.estimates["wdr"].reliable, multi.estimates["wdr"].warnings
+    fqe, magic = multi.estimates["fqe"], multi.estimates["magic"]
+    assert multi.headline == ("magic" if fqe.reliable else "wdr")
+    assert magic.reliable == fqe.reliable
+    if not fqe.reliable:
+        assert any(w.startswith("magic: blends in returns that lean on FQE") for w in magic.warnings)
+        assert "the data do not confirm FQE" in multi.headline_reason
+
+    declared = _evaluate(frame, target, problem="one_step")
+    assert declared.problem == "one_step" and declared.headline == "dr"
+    assert declared.estimates["dr"].reliable, declared.estimates["dr"].warnings
+
+    chosen = _evaluate(frame, target, headline="wdr")
+    assert chosen.headline == "wdr"
+    assert chosen.headline_reason == "wdr: set by evaluation.headline in the configuration"
+
+
+def test_a_reward_model_the_data_contradict_is_flagged_and_a_confirmed_one_is_not() -> None:
+    """r = 3·x²·1{a = b}: the ridge heads are linear in x, so q̂_b is about constant (3) and DM misses a
+    target that sends b where |x| > 1: truth 3·(0.9·E[x²; |x|>1] + 0.1·E[x²; |x|<1]) ≈ 2.22, DM ≈ 1.06."""
+    frame, x = _timelines(
+        3000, 1, 2, reward_of=lambda x, a, rng: 3.0 * x**2 * a + rng.normal(scale=0.3, size=x.size)
+    )
+    p_b = np.where(np.abs(x) > 1.0, 0.9, 0.1)
+    report = _evaluate(frame, np.stack([1.0 - p_b, p_b], axis=1))
+    dm, dr = report.estimates["dm"], report.estimates["dr"]
+    assert dm.value < 1.4 and dr.ci_low < 2.22 < dr.ci_high  # the premise: DM is far off, DR is not
+    assert not dm.reliable
+    assert any(w.startswith("dm: the data do not confirm its model: dr − dm is") for w in dm.warnings), (
+        dm.warnings
+    )
+    assert dr.reliable
+
+    # The target is the logging policy: w = 1, so DR's correction is the model's mean held-out residual,
+    # which the intercept keeps near 0 — DM's bias bound fits inside its interval.
+    frame, _ = _timelines(3000, 1, 3)
+    report = _evaluate(frame, np.tile([0.5, 0.5], (len(frame), 1)), bootstrap_samples=100)
+    assert report.estimates["dm"].reliable, report.estimates["dm"].warnings
+
+
+def test_heavy_weights_make_plain_importance_sampling_unreliable() -> None:
+    frame, _ = _timelines(400, 1, 4)
+    target = np.tile([0.999, 0.001], (len(frame), 1))
+    logged_a = (frame["action"] == "a").to_numpy()
+    target[logged_a] = [0.001, 0.999]  # the target almost never takes the logged action...
+    target[np.flatnonzero(logged_a)[:5]] = [0.999, 0.001]  # ...except on five decisions
+    report = _evaluate(frame, target)
+    ips = report.estimates["ips"]
+    w = np.where(logged_a, target[:, 0], target[:, 1]) / 0.5
+    ess = w.sum() ** 2 / (w**2).sum()
+    assert ips.effective_sample_size == pytest.approx(ess)
+    assert ess < 0.2 * len(frame)
+    assert any(f"effective sample size {ess:.1f} is under 20%" in warning for warning in ips.warnings), (
+        ips.warnings
+    )
+
+
+def test_reports_carry_t_and_bernstein_bounds_on_the_weighted_terms() -> None:
+    frame, _ = _timelines(500, 1, 5)
+    target = np.tile([0.2, 0.8], (len(frame), 1))
+    report = _evaluate(frame, target, confidence=0.9)
+    bounds = {b.method: b for b in report.bounds}
+    assert set(bounds) == {BoundMethod.T_TEST, BoundMethod.EMPIRICAL_BERNSTEIN}
+    reward = frame["reward"].to_numpy()
+    w = np.where(frame["action"] == "b", 0.8, 0.2) / 0.5
+    terms = w * reward
+    n = terms.size
+    expected = terms.mean() - stats.t.ppf(0.9, n - 1) * terms.std(ddof=1) / np.sqrt(n)
+    t_bound = bounds[BoundMethod.T_TEST]
+    assert t_bound.estimator == "ips" and t_bound.lower == pytest.approx(expected)
+    logged = reward.mean()
+    assert t_bound.normalized_lower == pytest.approx(1.0 + (expected - logged) / abs(logged))
+    assert bounds[BoundMethod.EMPIRICAL_BERNSTEIN].lower < expected  # the conservative one
+
+    frame, _ = _timelines(300, 2, 6)
+    target = np.tile([0.2, 0.8], (len(frame), 1))
+    report = _evaluate(frame, target, gamma=0.5)
+    w = np.where(frame["action"] == "b", 0.8, 0.2) / 0.5
+    r = frame["reward"].to_numpy().reshape(-1, 2)
+    w = w.reshape(-1, 2)
+    pdis_terms = w[:, 0] * r[:, 0] + 0.5 * w[:, 0] * w[:, 1] * r[:, 1]
+    n = pdis_terms.size
+    expected = pdis_terms.mean() - stats.t.ppf(0.95, n - 1) * pdis_terms.std(ddof=1) / np.sqrt(n)
+    t_bound = next(b for b in report.bounds if b.method == BoundMethod.T_TEST)
+    assert t_bound.estimator == "pdis" and t_bound.lower == pytest.approx(expected)
