@@ -84,6 +84,6 @@ class EvaluationConfig(BaseModel):
     )
     headline: HeadlineName = Field(
         "auto",
-        description="the estimate the gate judges: auto picks by problem (multi-step: magic, one-step: dr); "
+        description="the estimate the gate judges: auto picks by problem (multi-step: magic where the data confirm FQE, else wdr; one-step: dr); "
         "continuous actions use the kernel_ version of the same estimator",
     )

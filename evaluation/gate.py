@@ -84,8 +84,9 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
     `max_swing` relative to the previous model's report; a larger swing also raises an alert.
 
     The headline is the estimate the report chose for the problem (`CpeReport.headline`, with
-    `headline_reason`): MAGIC for multi-step episodes, DR for one-step ones, unless the
-    configuration names another; `kernel_` versions for continuous actions. A secondary estimate
+    `headline_reason`): MAGIC (WDR where the data do not confirm FQE) for multi-step episodes, DR
+    for one-step ones, unless the configuration names another; `kernel_` versions for continuous
+    actions. A secondary estimate
     that cannot be computed for these data by design (`Estimate.available` False, e.g. PDIS over
     a horizon where its weights exceed float64) is listed in `notes` and does not block; one that
     is computable but NaN or infinite points at bad input and blocks."""

@@ -30,6 +30,10 @@ from evaluation.sequential import (
     step_returns,
 )
 
+# FQE is checked against weighted DR over the longest prefix of steps whose cumulative weights keep
+# an effective sample size of at least this many episodes and this share of them.
+SHORT_HORIZON_MIN_ESS = 30.0
+SHORT_HORIZON_MIN_SHARE = 0.2
 # A batch of resamples holds at most this many [resample, row] floats per array (~32 MB each).
 _MAX_BATCH_FLOATS = 4_000_000
 
@@ -53,6 +57,19 @@ class RefitBootstrap:
     replicates: dict[str, Replicates]
     magic_value: float
     magic_normalized: float
+    magic_effective_sample_size: float  # Σ_j x_j · ESS of the weights g^(j) uses (n for j = −1)
+    short_horizon: ShortHorizonCheck | None  # FQE against weighted DR where the weights are light
+
+
+@dataclass(frozen=True, slots=True)
+class ShortHorizonCheck:
+    """g^(j) − g^(−1) on every resample: weighted DR over the first `steps` steps, then FQE, minus
+    FQE alone — the weighted Bellman residuals of FQE there, which are 0 in expectation when FQE is
+    right. `steps` is the longest prefix whose weights keep `effective_sample_size` ≥ the minimum."""
+
+    steps: int
+    effective_sample_size: float
+    differences: np.ndarray
 
 
 class _Episodes:
@@ -76,6 +93,16 @@ class _Episodes:
                 episode, weights=self.discount * self.w * reward, minlength=self.n_episodes
             )
         self.truncations = _truncation_points(self.horizon)
+        # ESS of the cumulative weights at each step (an ended episode keeps its last weight).
+        matrix = np.full((self.n_episodes, self.horizon), -np.inf)
+        matrix[episode, self.step] = self.log_w
+        ends = self.lengths - 1
+        after = np.arange(self.horizon)[None, :] > ends[:, None]
+        matrix = np.where(after, matrix[np.arange(self.n_episodes), ends][:, None], matrix)
+        with np.errstate(invalid="ignore", over="ignore"):
+            scaled = np.exp(matrix - np.max(matrix, axis=0))
+            self.step_ess = np.sum(scaled, axis=0) ** 2 / np.sum(scaled**2, axis=0)
+        self.step_ess = np.where(np.isfinite(self.step_ess), self.step_ess, 0.0)
 
     def per_episode(self, rows: np.ndarray) -> np.ndarray:
         """Row values [b, N] summed per episode: [b, E]."""
@@ -184,8 +211,23 @@ def refit_bootstrap(
         shift = values["wdr"][s] - wdr_point
         magic[s] = g_all[s] @ magic_blend_weights(g_all[s], omega, low + shift, high + shift)
     values["magic"] = magic
-    magic_value = float(g_point @ magic_blend_weights(g_point, omega, low, high))
+    blend = magic_blend_weights(g_point, omega, low, high)
+    magic_value = float(g_point @ blend)
     logged_return = float(episodes.logged_return.mean())
+    # The ESS behind g^(j): that of the weights at step j; g^(−1) (FQE alone) uses none, so all E.
+    j_ess = np.array(
+        [n_episodes if j < 0 else episodes.step_ess[j] for j in episodes.truncations], dtype=float
+    )
+    light = np.flatnonzero(j_ess >= max(SHORT_HORIZON_MIN_ESS, SHORT_HORIZON_MIN_SHARE * n_episodes))
+    light = light[light > 0]
+    short = None
+    if light.size:
+        k = int(light.max())
+        short = ShortHorizonCheck(
+            steps=int(episodes.truncations[k]) + 1,
+            effective_sample_size=float(j_ess[k]),
+            differences=g_all[:, k] - g_all[:, 0],
+        )
 
     replicates: dict[str, Replicates] = {}
     for name, v in values.items():
@@ -197,4 +239,6 @@ def refit_bootstrap(
         replicates=replicates,
         magic_value=magic_value,
         magic_normalized=float(relative_to_logged(magic_value, logged_return)),
+        magic_effective_sample_size=float(blend @ j_ess),
+        short_horizon=short,
     )

@@ -283,7 +283,11 @@ def _with_refit_interval(
         "normalized_ci_high": n_high,
     }
     if base == "magic":
-        update.update(value=boot.magic_value, normalized=boot.magic_normalized)
+        update.update(
+            value=boot.magic_value,
+            normalized=boot.magic_normalized,
+            effective_sample_size=boot.magic_effective_sample_size,
+        )
     refit = estimate.model_copy(update=update)
     numbers = (refit.value, refit.ci_low, refit.ci_high)
     not_finite = f"{estimate.estimator}: the value or its interval is not finite"
@@ -365,6 +369,31 @@ def _mark_missing_tails(
     return out
 
 
+def _fqe_check(fqe: Estimate, key: str, boot: RefitBootstrap, pct: int, confidence: float) -> str | None:
+    """Why FQE is not to be trusted, or None. Its bias, bounded by the interval of weighted DR over
+    the first steps (where the weights are light) minus FQE itself, must fit in its own half-width."""
+    short = boot.short_horizon
+    if short is None:
+        return (
+            f"{key}: cannot be checked: the importance weights are too heavy from the first step on, so no "
+            "weighted estimate can confirm the model, and its interval cannot hold the model's bias"
+        )
+    difference = short.differences
+    if not np.all(np.isfinite(difference)):
+        return f"{key}: cannot be checked: weighted DR over the first {short.steps} steps is not finite on every resample"
+    low, high = (float(v) for v in np.quantile(difference, [(1 - confidence) / 2, (1 + confidence) / 2]))
+    half_width = (fqe.ci_high - fqe.ci_low) / 2.0
+    bound = max(abs(low), abs(high))
+    if bound <= half_width:
+        return None
+    return (
+        f"{key}: the data do not confirm its model: over the first {short.steps} steps (weights' effective sample "
+        f"size {short.effective_sample_size:.0f}), weighted DR − {key} is {low:.4g} to {high:.4g} ({pct}% interval), "
+        f"so its bias may reach {bound:.4g}, more than its own interval's half-width {half_width:.4g}, which holds "
+        "the model's variance but not its bias"
+    )
+
+
 def _mark_trust(
     estimates: dict[str, Estimate],
     boot: RefitBootstrap,
@@ -402,7 +431,7 @@ def _mark_trust(
                 "without a model to steady it, a few heavy weights make its sampling distribution skewed, and "
                 "the bootstrap interval undercovers (80 % for a nominal 95 % in benchmarks/cpe_coverage.py)",
             )
-        elif ess is not None and np.isfinite(ess) and 1.0 <= ess < TINY_SAMPLE:
+        elif base != "magic" and ess is not None and np.isfinite(ess) and 1.0 <= ess < TINY_SAMPLE:
             estimate = _warn(
                 estimate,
                 f"{key}: effective sample size {ess:.1f} < {TINY_SAMPLE}: a few heavy importance weights decide the "
@@ -412,13 +441,7 @@ def _mark_trust(
             why = _model_check(estimate, key, f"{prefix}dr", boot, "dr", "dm", pct, config.confidence)
             estimate = _warn(estimate, why) if why else estimate
         if base == "fqe":
-            check = estimates.get(f"{prefix}wdr")
-            why = (
-                _model_check(estimate, key, f"{prefix}wdr", boot, "wdr", "fqe", pct, config.confidence)
-                if check is not None and check.available
-                else f"{key}: cannot be checked against {prefix}wdr (unavailable for these data), so its interval, "
-                "which cannot hold the model's bias, is not to be trusted"
-            )
+            why = _fqe_check(estimate, key, boot, pct, config.confidence)
             estimate = _warn(estimate, why) if why else estimate
         out[key] = estimate
     # MAGIC borrows from FQE's long-term model wherever that lowers its variance; when the data do
