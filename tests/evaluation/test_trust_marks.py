@@ -155,3 +155,21 @@ def test_reports_carry_t_and_bernstein_bounds_on_the_weighted_terms() -> None:
     expected = pdis_terms.mean() - stats.t.ppf(0.95, n - 1) * pdis_terms.std(ddof=1) / np.sqrt(n)
     t_bound = next(b for b in report.bounds if b.method == BoundMethod.T_TEST)
     assert t_bound.estimator == "pdis" and t_bound.lower == pytest.approx(expected)
+
+
+def test_fqe_the_light_weighted_steps_contradict_is_flagged_and_the_gate_judges_wdr() -> None:
+    """r = 3·x²·1{a = b} over 3-step episodes: FQE's linear Q misses the target's value (it sends b
+    where |x| > 1), and weighted DR over the first steps, where the weights are light, says so."""
+    frame, x = _timelines(
+        600, 3, 7, reward_of=lambda x, a, rng: 3.0 * x**2 * a + rng.normal(scale=0.3, size=x.size)
+    )
+    p_b = np.where(np.abs(x) > 1.0, 0.8, 0.2)
+    report = _evaluate(frame, np.stack([1.0 - p_b, p_b], axis=1))
+    fqe = report.estimates["fqe"]
+    assert not fqe.reliable
+    assert any(
+        w.startswith("fqe: the data do not confirm its model: over the first") for w in fqe.warnings
+    ), fqe.warnings
+    assert not report.estimates["magic"].reliable
+    assert report.headline == "wdr"
+    assert "the data do not confirm FQE" in report.headline_reason
