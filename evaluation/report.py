@@ -137,14 +137,20 @@ def load_report(path: Path | str) -> CpeReport:
 
 
 def describe_verdict(
-    model_version: str, logged_value: float, estimate: Estimate, reliable: bool, warnings: list[str]
+    model_version: str,
+    logged_value: float,
+    estimate: Estimate,
+    reliable: bool,
+    warnings: list[str],
+    unit: str = "mean reward per decision",
 ) -> str:
-    """One sentence a product owner can act on, built from the headline estimate."""
+    """One sentence a product owner can act on, built from the headline estimate; `unit` names what
+    its value measures (a sequential headline: the discounted return per episode, `logged_value` too)."""
     pct = int(round(estimate.confidence * 100))
     head = (
         f"Model {model_version} as served is estimated at {estimate.normalized:.2f}× the logged policy "
         f"({pct}% CI {estimate.normalized_ci_low:.2f}–{estimate.normalized_ci_high:.2f}): "
-        f"{estimate.value:.4g} mean reward per decision ({pct}% CI {estimate.ci_low:.4g} to "
+        f"{estimate.value:.4g} {unit} ({pct}% CI {estimate.ci_low:.4g} to "
         f"{estimate.ci_high:.4g}) vs {logged_value:.4g} logged"
     )
     if not reliable:

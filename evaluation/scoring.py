@@ -261,7 +261,16 @@ def report_from_scores(
         weight_histogram=weight_histogram(w),
         reliable=reliable,
         warnings=warnings,
-        verdict=describe_verdict(model_version, logged_value, headline, reliable, warnings),
+        verdict=describe_verdict(
+            model_version,
+            headline.logged_value,
+            headline,
+            reliable,
+            warnings,
+            "mean reward per decision"
+            if headline.n == len(frame)
+            else f"return per episode (γ = {config.gamma})",
+        ),
         data_start=None if timestamps is None else timestamps.min().to_pydatetime(),
         data_end=None if timestamps is None else timestamps.max().to_pydatetime(),
     )
