@@ -321,27 +321,30 @@ def _model_check(
     pct: int,
     confidence: float,
 ) -> str | None:
-    """Why a model-based estimate is not to be trusted, or None: its bias, bounded by the interval of
-    (importance-weighted check − model) over the same resamples, must fit inside its own half-width."""
+    """Why a model-based estimate is not to be trusted, or None (`_unconfirmed` against `check_name`)."""
     difference = boot.replicates[check_base].values - boot.replicates[model_base].values
-    low, high = (
-        (float(v) for v in np.quantile(difference, [(1 - confidence) / 2, (1 + confidence) / 2]))
-        if np.all(np.isfinite(difference))
-        else (np.nan, np.nan)
-    )
-    if not (np.isfinite(low) and np.isfinite(high)):
+    if not np.all(np.isfinite(difference)):
         return (
             f"{name}: the model cannot be checked against {check_name} on these data ({check_name} is not finite on "
             "every resample), so its interval, which cannot hold the model's bias, is not to be trusted"
         )
+    return _unconfirmed(model, name, f"{check_name} − {name}", difference, pct, confidence)
+
+
+def _unconfirmed(
+    model: Estimate, name: str, check: str, difference: np.ndarray, pct: int, confidence: float
+) -> str | None:
+    """None when the model's bias, bounded by the interval of `difference` (an importance-weighted
+    check minus the model, over the same resamples), fits in the model's own half-width; else why not."""
+    low, high = (float(v) for v in np.quantile(difference, [(1 - confidence) / 2, (1 + confidence) / 2]))
     half_width = (model.ci_high - model.ci_low) / 2.0
     bound = max(abs(low), abs(high))
     if bound <= half_width:
         return None
     return (
-        f"{name}: the data do not confirm its model: {check_name} − {name} is {low:.4g} to {high:.4g} ({pct}% "
-        f"interval), so its bias may reach {bound:.4g}, more than its own interval's half-width {half_width:.4g}, "
-        "which holds the model's variance but not its bias"
+        f"{name}: the data do not confirm its model: {check} is {low:.4g} to {high:.4g} ({pct}% interval), so its "
+        f"bias may reach {bound:.4g}, more than its own interval's half-width {half_width:.4g}, which holds the "
+        "model's variance but not its bias"
     )
 
 
@@ -406,17 +409,11 @@ def _fqe_check(
     difference = short.differences
     if not np.all(np.isfinite(difference)):
         return f"{key}: cannot be checked: weighted DR over the first {short.steps} steps is not finite on every resample"
-    low, high = (float(v) for v in np.quantile(difference, [(1 - confidence) / 2, (1 + confidence) / 2]))
-    half_width = (fqe.ci_high - fqe.ci_low) / 2.0
-    bound = max(abs(low), abs(high))
-    if bound <= half_width:
-        return None
-    return (
-        f"{key}: the data do not confirm its model: over the first {short.steps} steps (weights' effective sample "
-        f"size {short.effective_sample_size:.0f}), weighted DR − {key} is {low:.4g} to {high:.4g} ({pct}% interval), "
-        f"so its bias may reach {bound:.4g}, more than its own interval's half-width {half_width:.4g}, which holds "
-        "the model's variance but not its bias"
+    check = (
+        f"over the first {short.steps} steps (weights' effective sample size {short.effective_sample_size:.0f}), "
+        f"weighted DR − {key}"
     )
+    return _unconfirmed(fqe, key, check, difference, pct, confidence)
 
 
 def _mark_trust(
