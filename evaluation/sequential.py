@@ -94,10 +94,8 @@ def _truncation_points(horizon: int) -> np.ndarray:
 def _magic_blend(g_point: np.ndarray, g_boot: np.ndarray, confidence: float) -> np.ndarray:
     """Weights x on the simplex minimizing xᵀ(Ω + b bᵀ)x (Ω bootstrap covariance, b bias vs WDR CI)."""
     finite = np.all(np.isfinite(g_boot), axis=1)
-    if finite.sum() < 2 or not np.all(np.isfinite(g_point)):
-        x = np.zeros(g_point.size)
-        x[-1] = 1.0  # fall back to WDR; its own non-finite value will flag the estimate
-        return x
+    if finite.sum() < 2:  # no covariance: magic_blend_weights falls back to WDR
+        return magic_blend_weights(g_point, np.full((g_point.size, g_point.size), np.nan), np.nan, np.nan)
     omega = np.atleast_2d(np.cov(g_boot[finite], rowvar=False))
     low, high = interval(g_boot[finite, -1], confidence)
     return magic_blend_weights(g_point, omega, low, high)
@@ -105,7 +103,8 @@ def _magic_blend(g_point: np.ndarray, g_boot: np.ndarray, confidence: float) -> 
 
 def magic_blend_weights(g: np.ndarray, omega: np.ndarray, low: float, high: float) -> np.ndarray:
     """MAGIC's blend of the j-step returns `g` [J]: x on the simplex minimizing xᵀ(Ω + b bᵀ)x, the
-    bias b_j being g_j's distance to WDR's interval [low, high] (g's last entry is WDR itself)."""
+    bias b_j being g_j's distance to WDR's interval [low, high] (g's last entry is WDR itself).
+    Any non-finite input: all weight on WDR, whose own non-finite value then flags the estimate."""
     if not (np.all(np.isfinite(g)) and np.all(np.isfinite(omega)) and np.isfinite(low) and np.isfinite(high)):
         x = np.zeros(g.size)
         x[-1] = 1.0
