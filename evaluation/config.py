@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evaluation.bounds import BoundMethod
 from evaluation.fqe import RidgeFqeConfig
@@ -76,6 +76,14 @@ class EvaluationConfig(BaseModel):
         "episode) can take, from reward bounds and weight caps; makes the empirical-Bernstein bound a guarantee "
         "(else it uses the observed range)",
     )
+
+    @field_validator("bound_term_range")
+    @classmethod
+    def _range_is_ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"bound_term_range must be [low, high] with low < high, got {list(value)}")
+        return value
+
     problem: Literal["auto", "one_step", "multi_step"] = Field(
         "auto",
         description="one_step: decisions do not change later states (a bandit), so one-step estimators value "

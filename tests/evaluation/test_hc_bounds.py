@@ -166,3 +166,15 @@ def test_bare_functions_reject_bad_input() -> None:
         t_test_lower_bound(np.array([0.0, 2.0]), 1.5)
     with pytest.raises(EvaluationError, match="1-D array"):
         t_test_lower_bound(np.ones((2, 2)), 0.9)
+
+
+def test_a_declared_range_out_of_order_is_a_config_error() -> None:
+    from pydantic import ValidationError
+
+    from evaluation import EvaluationConfig
+
+    with pytest.raises(
+        ValidationError, match=r"bound_term_range must be \[low, high\] with low < high, got \[3.0, 1.0\]"
+    ):
+        EvaluationConfig(bound_term_range=(3.0, 1.0))
+    assert EvaluationConfig(bound_term_range=(-1.0, 5.0)).bound_term_range == (-1.0, 5.0)
