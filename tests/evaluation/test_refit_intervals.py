@@ -158,7 +158,7 @@ def test_intervals_cover_the_truth_at_the_nominal_rate_with_a_correct_model() ->
         assert low <= count <= high, (name, count, (low, high))
 
 
-def test_a_fixed_model_interval_would_miss_what_the_refit_holds() -> None:
+def test_dm_refit_interval_is_as_wide_as_its_spread_across_seeds() -> None:
     """DM's spread across seeds is mostly the fitted model's; its refit interval is as wide as that
     spread, while the rows alone (model held fixed) vary far less."""
     config = EvaluationConfig(gamma=0.0, bootstrap_samples=100, min_rows=1)
