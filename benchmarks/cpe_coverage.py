@@ -5,7 +5,7 @@ model, FQE, every estimator), target π_α = (1 − α)·logging + α·other for
 - the notification simulator (apps/notifications.py): one day logged under the ε-rule per seed;
   the truth is exact (`NotificationSim.policy_value`, per decision, on that seed's day);
 - CartPole-v1 (60-step horizon, γ = 0.95) logged under a noisy controller; the truth is the mean
-  discounted return of 20,000 target rollouts, the same for every seed of an α.
+  discounted return of 1,000,000 target rollouts, the same for every seed of an α.
 Each estimator is compared with the truth in its own unit: one-step estimators value the mean
 reward per decision, sequential ones and FQE the (discounted) return per episode. On the simulator
 (γ = 1, `slots_per_day` decisions per episode) the per-episode truth is slots × the per-decision
@@ -45,11 +45,11 @@ from benchmarks._progress import progress_bar
 from benchmarks.cpe_accuracy import (
     ALPHAS,
     CARTPOLE_GAMMA,
+    CARTPOLE_HORIZON,
     _cartpole_logging,
     _cartpole_other,
     _cartpole_rollouts,
     _cartpole_timelines,
-    _cartpole_truth,
     _evaluate,
     _mixture,
     _notification_other,
@@ -155,9 +155,28 @@ def notification_seed(seed: int, n_users: int, bootstrap: int) -> tuple[list[Out
     return outcomes, seconds
 
 
-def cartpole_truths() -> dict[float, float]:
-    """Discounted return per episode of each π_α (20,000 rollouts, as in cpe_accuracy)."""
-    return {a: _cartpole_truth(_mixture(_cartpole_logging, _cartpole_other, a), 0) for a in ALPHAS}
+TRUTH_CHUNK = 20_000  # rollouts per lockstep batch
+
+
+def cartpole_truths(rollouts: int) -> tuple[dict[float, float], dict[float, float]]:
+    """Discounted return per episode of each π_α over `rollouts` target rollouts, and its standard
+    error. The truth is shared by every seed of an α, so its own Monte Carlo error would shift every
+    seed's miss the same way: with cpe_accuracy's 20,000 rollouts it is a quarter of WDR's spread
+    at α = 0.1; the default 1,000,000 makes it a thirtieth."""
+    discount = CARTPOLE_GAMMA ** np.arange(CARTPOLE_HORIZON)
+    truths: dict[float, float] = {}
+    errors: dict[float, float] = {}
+    for alpha in ALPHAS:
+        policy = _mixture(_cartpole_logging, _cartpole_other, alpha)
+        returns = np.concatenate(
+            [
+                np.sum(_cartpole_rollouts(policy, TRUTH_CHUNK, 10_000 + chunk)["rewards"] * discount, axis=1)
+                for chunk in range(max(1, rollouts // TRUTH_CHUNK))
+            ]
+        )
+        truths[alpha] = float(returns.mean())
+        errors[alpha] = float(returns.std(ddof=1) / np.sqrt(returns.size))
+    return truths, errors
 
 
 def cartpole_seed(
@@ -191,9 +210,9 @@ def run_all(
     args: argparse.Namespace, truths: dict[float, float]
 ) -> tuple[list[Outcome], dict[str, list[float]]]:
     """Every (task, seed), in a process pool when `args.workers` > 1; outcomes and seconds per task."""
-    jobs = [(task, seed) for task in TASKS for seed in range(args.seeds)]
+    jobs = [(task, seed) for task in args.tasks for seed in range(args.seeds)]
     outcomes: list[Outcome] = []
-    seconds: dict[str, list[float]] = {task: [] for task in TASKS}
+    seconds: dict[str, list[float]] = {task: [] for task in args.tasks}
     bar = {"desc": f"coverage, {len(jobs)} (task, seed) jobs", "enabled": args.progress}
     if args.workers <= 1:
         results: Iterable = (_run_seed(task, seed, args, truths) for task, seed in jobs)
@@ -329,12 +348,21 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--episodes", type=int, default=1000, help="logged CartPole episodes per seed")
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per interval")
     parser.add_argument("--workers", type=int, default=2, help="processes running seeds; 1 = in-process")
+    parser.add_argument(
+        "--truth-rollouts", type=int, default=1_000_000, help="target rollouts per CartPole truth"
+    )
+    parser.add_argument(
+        "--tasks",
+        type=lambda text: tuple(t for t in TASKS if t in {p.strip() for p in text.split(",")}),
+        default=TASKS,
+        help=f"comma-separated subset of {', '.join(TASKS)} (default both)",
+    )
     parser.add_argument("--dump", default=None, help="also write every outcome as JSON lines to this file")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args([] if argv is None else argv)
 
     started = time.perf_counter()
-    truths = cartpole_truths()
+    truths, truth_errors = cartpole_truths(args.truth_rollouts)
     truth_s = time.perf_counter() - started
     outcomes, seconds = run_all(args, truths)
     if args.dump:
@@ -354,9 +382,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     descriptions = {
         NOTIFICATIONS: f"notification simulator, {args.users} users × 4 slots (truth exact, per seed's day)",
-        CARTPOLE: f"CartPole, {args.episodes} logged episodes (truth: 20,000 rollouts, discounted return)",
+        CARTPOLE: (
+            f"CartPole, {args.episodes} logged episodes (truth: {args.truth_rollouts:,} rollouts, "
+            "discounted return; its standard error per α: "
+            + ", ".join(f"{a} ±{truth_errors[a]:.4f}" for a in ALPHAS)
+            + ")"
+        ),
     }
-    for task in TASKS:
+    for task in args.tasks:
         print(f"   {descriptions[task]}")
         print(f"   coverage (reliable/N) and mean width relative to {REFERENCE}, per estimator and α")
         print_task(task, cells, widths)

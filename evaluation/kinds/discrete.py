@@ -17,6 +17,7 @@ from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
 from evaluation.estimators import importance_weights, logged_columns
 from evaluation.fqe import fitted_q_evaluation
+from evaluation.joint_models import second_order_state
 from evaluation.kinds import EvaluatedPolicy
 from evaluation.refit import LinearDesign
 from evaluation.report import ActionSummary, CpeReport
@@ -105,7 +106,8 @@ def evaluate_probabilities(
     pi, a, mu, reward = logged_columns(target, logged_action, mu, reward)
     episode = episode_index(frame)
 
-    x = normalize(spec, build_feature_matrix(feature_maps(frame["state_features"]), spec.feature_names))
+    state = normalize(spec, build_feature_matrix(feature_maps(frame["state_features"]), spec.feature_names))
+    x = second_order_state(state)  # both models' per-action design (the intercept is the fit's)
     reward_fit = cross_fit_reward_model(x, a, reward, episode, actions, config.reward_model, seed=config.seed)
     fqe = fitted_q_evaluation(x, episode, a, reward, pi, config.gamma, config.fqe, config.seed)
     rows = np.arange(len(frame))

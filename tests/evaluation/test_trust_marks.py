@@ -38,6 +38,11 @@ def _timelines(n_episodes: int, steps: int, seed: int, reward_of=None) -> tuple[
     return frame, x
 
 
+def _sine_reward(x: np.ndarray, a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """3·sin(3x) when the action is b: outside the models' second-order span in x."""
+    return 3.0 * np.sin(3.0 * x) * a + rng.normal(scale=0.3, size=x.size)
+
+
 def _evaluate(frame: pd.DataFrame, target: np.ndarray, **config):
     spec = fit_normalization(frame_from_feature_maps(frame["state_features"].tolist()))
     settings = {"bootstrap_samples": 60, "min_rows": 1, **config}
@@ -88,15 +93,14 @@ def test_one_step_problems_judge_dr_and_multi_step_ones_magic() -> None:
 
 
 def test_a_reward_model_the_data_contradict_is_flagged_and_a_confirmed_one_is_not() -> None:
-    """r = 3·x²·1{a = b}: the ridge heads are linear in x, so q̂_b is about constant (3) and DM misses a
-    target that sends b where |x| > 1: truth 3·(0.9·E[x²; |x|>1] + 0.1·E[x²; |x|<1]) ≈ 2.22, DM ≈ 1.06."""
-    frame, x = _timelines(
-        3000, 1, 2, reward_of=lambda x, a, rng: 3.0 * x**2 * a + rng.normal(scale=0.3, size=x.size)
-    )
-    p_b = np.where(np.abs(x) > 1.0, 0.9, 0.1)
+    """r = 3·sin(3x)·1{a = b}, x ~ N(0, 1): the heads are second order in x, and sin(3x) is odd with
+    E[x·sin(3x)] = 3e^{-4.5}, so q̂_b ≈ 0.1·x and DM misses a target that sends b where sin(3x) > 0:
+    truth 3·0.8·E[sin(3x)⁺] = 2.4/π ≈ 0.764 (numerically, E[sin(3x)⁺] = 0.31831), DM ≈ 0."""
+    frame, x = _timelines(3000, 1, 2, reward_of=_sine_reward)
+    p_b = np.where(np.sin(3.0 * x) > 0.0, 0.9, 0.1)
     report = _evaluate(frame, np.stack([1.0 - p_b, p_b], axis=1))
     dm, dr = report.estimates["dm"], report.estimates["dr"]
-    assert dm.value < 1.4 and dr.ci_low < 2.22 < dr.ci_high  # the premise: DM is far off, DR is not
+    assert dm.value < 0.3 and dr.ci_low < 0.764 < dr.ci_high  # the premise: DM is far off, DR is not
     assert not dm.reliable
     assert any(w.startswith("dm: the data do not confirm its model: dr − dm is") for w in dm.warnings), (
         dm.warnings
@@ -108,6 +112,21 @@ def test_a_reward_model_the_data_contradict_is_flagged_and_a_confirmed_one_is_no
     frame, _ = _timelines(3000, 1, 3)
     report = _evaluate(frame, np.tile([0.5, 0.5], (len(frame), 1)), bootstrap_samples=100)
     assert report.estimates["dm"].reliable, report.estimates["dm"].warnings
+
+
+def test_a_reward_second_order_in_the_state_is_in_the_heads_span_and_dm_is_confirmed() -> None:
+    """r = 3·x²·1{a = b}, target sends b where |x| > 1: the per-action heads regress on [1, x, x²], so
+    DM is right. Truth 3·(0.9·E[x²; |x|>1] + 0.1·E[x²; |x|<1]) with E[x²; |x|>1] = 2(φ(1) + 1 − Φ(1))."""
+    frame, x = _timelines(
+        3000, 1, 2, reward_of=lambda x, a, rng: 3.0 * x**2 * a + rng.normal(scale=0.3, size=x.size)
+    )
+    tail = 2.0 * (stats.norm.pdf(1.0) + stats.norm.sf(1.0))
+    truth = 3.0 * (0.9 * tail + 0.1 * (1.0 - tail))
+    assert truth == pytest.approx(2.2230, abs=1e-4)
+    p_b = np.where(np.abs(x) > 1.0, 0.9, 0.1)
+    dm = _evaluate(frame, np.stack([1.0 - p_b, p_b], axis=1)).estimates["dm"]
+    assert dm.ci_low < truth < dm.ci_high and abs(dm.value - truth) < 0.05 * truth
+    assert dm.reliable, dm.warnings
 
 
 def test_heavy_weights_make_plain_importance_sampling_unreliable() -> None:
@@ -158,12 +177,11 @@ def test_reports_carry_t_and_bernstein_bounds_on_the_weighted_terms() -> None:
 
 
 def test_fqe_the_light_weighted_steps_contradict_is_flagged_and_the_gate_judges_wdr() -> None:
-    """r = 3·x²·1{a = b} over 3-step episodes: FQE's linear Q misses the target's value (it sends b
-    where |x| > 1), and weighted DR over the first steps, where the weights are light, says so."""
-    frame, x = _timelines(
-        600, 3, 7, reward_of=lambda x, a, rng: 3.0 * x**2 * a + rng.normal(scale=0.3, size=x.size)
-    )
-    p_b = np.where(np.abs(x) > 1.0, 0.8, 0.2)
+    """r = 3·sin(3x)·1{a = b} over 3-step episodes: FQE's second-order Q misses the target's value (it
+    sends b where sin(3x) > 0), and weighted DR over the first steps, where the weights are light,
+    says so."""
+    frame, x = _timelines(600, 3, 7, reward_of=_sine_reward)
+    p_b = np.where(np.sin(3.0 * x) > 0.0, 0.8, 0.2)
     report = _evaluate(frame, np.stack([1.0 - p_b, p_b], axis=1))
     fqe = report.estimates["fqe"]
     assert not fqe.reliable
