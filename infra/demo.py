@@ -175,14 +175,17 @@ def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary
                     error=DemoError,
                 )
                 training_rows = load_timelines(env.stream_config().output_dir)
+                # CPE compares the candidate with the policy that logged the evaluation rows, so it
+                # may pool every day that policy served: more episodes, a narrower interval.
+                evaluation_rows = training_rows[training_rows["model_version"] == served_version]
                 progress(
                     f"[night {day}] refresh: {len(training_rows)} timeline rows to train on, "
-                    f"{len(day_rows)} logged by {served_version} to evaluate on"
+                    f"{len(evaluation_rows)} logged by {served_version} to evaluate on"
                 )
                 result = run_refresh(
                     env,
                     training_rows,
-                    day_rows,
+                    evaluation_rows,
                     ACTIONS,
                     demo.learned_exploration,
                     label=f"day{day}",
