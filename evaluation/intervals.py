@@ -20,7 +20,7 @@ import numpy as np
 
 from evaluation.config import EvaluationConfig
 from evaluation.estimators import ONE_STEP_VALUE, bootstrap_counts, interval, relative_to_logged
-from evaluation.refit import LinearDesign, refit_predictions
+from evaluation.refit import DesignBlocks, LinearDesign, refit_predictions
 from evaluation.sequential import (
     _episode_layout,
     _StepTerms,
@@ -154,13 +154,14 @@ def refit_bootstrap(
     }
     g_all = np.empty((samples, episodes.truncations.size))
     batch = max(1, min(samples, _MAX_BATCH_FLOATS // max(n, 1)))
+    blocks = DesignBlocks(design)
     for start, counts in bootstrap_counts(n_episodes, samples, config.seed):
         for first in range(0, counts.shape[0], batch):
             c = counts[first : first + batch].astype(np.float64)
             rows = slice(start + first, start + first + c.shape[0])
             resamples = np.arange(start + first, start + first + c.shape[0])
             fits = refit_predictions(
-                design, c, config.gamma, config.reward_model, config.fqe, config.seed, resamples
+                design, c, config.gamma, config.reward_model, config.fqe, config.seed, resamples, blocks
             )
             row_w = c[:, ep]
             decisions = row_w.sum(axis=1)

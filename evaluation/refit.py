@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 
 from evaluation.fqe import RidgeFqeConfig
 from evaluation.reward_model import RidgeRewardModelConfig, fold_of_episode
@@ -119,32 +120,43 @@ class _Fold:
     sizes: np.ndarray  # [b, H]: weighted training rows per head
 
 
-class _Ridge:
-    """Weighted per-head ridge solves for a batch of resamples, with the pooled fallback of
-    `fit_action_heads` for heads with fewer than `min_rows` (weighted) training rows."""
+class DesignBlocks:
+    """What every refit of one design shares, whatever the resample: computed once per evaluation
+    (`blocks`), not per batch of resamples."""
 
-    def __init__(self, design: LinearDesign, counts: np.ndarray) -> None:
-        self.design = design
-        self.counts = counts  # [b, E]
-        self.row_weight = counts[:, design.episode]  # [b, N]
+    def __init__(self, design: LinearDesign) -> None:
         d = design
-        self.rows_of_head = [np.flatnonzero(d.head == h) for h in range(d.n_heads)]
         n_p = d.base.shape[1]
         n = d.reward.size
+        self.rows_of_head = [np.flatnonzero(d.head == h) for h in range(d.n_heads)]
         # Row i's design in its head's block of [H·P] (zeros elsewhere), and the target's weighted
         # designs in every block: one matrix product then serves all heads and all resamples.
         self.head_indicator = np.zeros((n, d.n_heads))
         self.head_indicator[np.arange(n), d.head] = 1.0
         self.logged_blocks = (self.head_indicator[:, :, None] * d.base[:, None, :]).reshape(n, -1)
         self.target_blocks = (d.target_weight[:, :, None] * d.target_base[:, None, :]).reshape(n, -1)
-        self._outer: np.ndarray | None = None
+        self.outer: np.ndarray | None = None
         if d.n_episodes * d.n_heads * n_p * n_p <= _MAX_OUTER_FLOATS:
-            # Σ over each (episode, head)'s rows of x xᵀ: [E·H, P²], so a gram is counts @ this.
-            outer = (d.base[:, :, None] * d.base[:, None, :]).reshape(-1, n_p * n_p)
+            # Σ over each (episode, head)'s rows of x xᵀ: [E, H, P²], so a gram is counts @ this.
             key = d.episode * d.n_heads + d.head
-            sums = np.zeros((d.n_episodes * d.n_heads, n_p * n_p))
-            np.add.at(sums, key, outer)
-            self._outer = sums.reshape(d.n_episodes, d.n_heads, n_p * n_p)
+            group = sparse.csr_matrix((np.ones(n), (key, np.arange(n))), shape=(d.n_episodes * d.n_heads, n))
+            outer = (d.base[:, :, None] * d.base[:, None, :]).reshape(n, n_p * n_p)
+            self.outer = np.asarray(group @ outer).reshape(d.n_episodes, d.n_heads, n_p * n_p)
+
+
+class _Ridge:
+    """Weighted per-head ridge solves for a batch of resamples, with the pooled fallback of
+    `fit_action_heads` for heads with fewer than `min_rows` (weighted) training rows."""
+
+    def __init__(self, design: LinearDesign, counts: np.ndarray, blocks: DesignBlocks) -> None:
+        self.design = design
+        self.counts = counts  # [b, E]
+        self.row_weight = counts[:, design.episode]  # [b, N]
+        self.rows_of_head = blocks.rows_of_head
+        self.head_indicator = blocks.head_indicator
+        self.logged_blocks = blocks.logged_blocks
+        self.target_blocks = blocks.target_blocks
+        self._outer = blocks.outer
 
     def grams(self, train_episodes: np.ndarray) -> np.ndarray:
         """[b, H, P, P]: Σ_i c_i x_i x_iᵀ over the training rows of each head."""
@@ -220,6 +232,7 @@ def refit_predictions(
     fqe_config: RidgeFqeConfig,
     seed: int,
     resamples: np.ndarray | None = None,
+    blocks: DesignBlocks | None = None,
 ) -> RefitPredictions:
     """Both models refitted on each resample (`counts` [b, E]: how often each episode is drawn).
 
@@ -227,13 +240,14 @@ def refit_predictions(
     iterations, same fallbacks (the mean reward when there are fewer episodes than folds; the
     pooled fit for heads with fewer than `min_rows_per_action` rows). Folds: the point fit's when
     `resamples` (the resamples' indices, [b]) is None — then unit counts reproduce the point fit —
-    else a fresh split per resample (`episode_folds`).
+    else a fresh split per resample (`episode_folds`). `blocks`: the design's `DesignBlocks`, when
+    the caller refits the same design for several batches.
     """
     d = design
     counts = np.asarray(counts, dtype=np.float64)
     n = d.reward.size
     b = counts.shape[0]
-    ridge = _Ridge(d, counts)
+    ridge = _Ridge(d, counts, blocks or DesignBlocks(d))
     out = {name: np.empty((b, n)) for name in ("reward_logged", "reward_target", "q_logged", "v_target")}
 
     if d.n_episodes < reward_config.folds:

@@ -107,7 +107,11 @@ def evaluate_probabilities(
     episode = episode_index(frame)
 
     state = normalize(spec, build_feature_matrix(feature_maps(frame["state_features"]), spec.feature_names))
-    x = second_order_state(state)  # both models' per-action design (the intercept is the fit's)
+    # Both models' per-action design (the intercept is the fit's): the value columns to second
+    # order, then the presence columns (features/transform.py's layout) that vary, left linear.
+    values, presence = state[:, : -spec.n_features], state[:, -spec.n_features :]
+    varying = presence.min(axis=0) < presence.max(axis=0)
+    x = np.hstack([second_order_state(values), presence[:, varying]])
     reward_fit = cross_fit_reward_model(x, a, reward, episode, actions, config.reward_model, seed=config.seed)
     fqe = fitted_q_evaluation(x, episode, a, reward, pi, config.gamma, config.fqe, config.seed)
     rows = np.arange(len(frame))
