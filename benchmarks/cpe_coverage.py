@@ -324,18 +324,31 @@ def print_task(
         print(_row(name, row, 14))
 
 
-def headline_summary(outcomes: list[Outcome]) -> dict[tuple[str, float], tuple[Counter, int, int]]:
-    """Per (task, α): how often each estimator was the headline, covered count, measured count."""
-    out: dict[tuple[str, float], tuple[Counter, int, int]] = {}
+def headline_summary(
+    outcomes: list[Outcome],
+) -> dict[tuple[str, float], tuple[Counter, int, int, int, int]]:
+    """Per (task, α): how often each estimator was the headline, then covered and measured counts
+    over all seeds, then the same over the seeds whose headline the report marked reliable (the
+    only ones the gate can approve on)."""
+    out: dict[tuple[str, float], tuple[Counter, int, int, int, int]] = {}
     for o in outcomes:
         if not o.headline:
             continue
-        chosen, covered, measured = out.get((o.task, o.alpha), (Counter(), 0, 0))
+        chosen, covered, measured, covered_r, measured_r = out.get((o.task, o.alpha), (Counter(), 0, 0, 0, 0))
         chosen[o.estimator] += 1
         if o.covered is not None:
             covered, measured = covered + int(o.covered), measured + 1
-        out[(o.task, o.alpha)] = (chosen, covered, measured)
+            if o.reliable:
+                covered_r, measured_r = covered_r + int(o.covered), measured_r + 1
+        out[(o.task, o.alpha)] = (chosen, covered, measured, covered_r, measured_r)
     return out
+
+
+def _load_dump(path: str) -> tuple[list[Outcome], dict[float, float], float, dict[str, list[float]]]:
+    """The outcomes of a `--dump` file (no truth errors or timings: those are not in it)."""
+    with open(path, encoding="utf-8") as lines:
+        outcomes = [Outcome(**{**row, "warnings": tuple(row["warnings"])}) for row in map(json.loads, lines)]
+    return outcomes, {a: float("nan") for a in ALPHAS}, 0.0, {}
 
 
 # --- entry point ---------------------------------------------------------------------------------
@@ -358,13 +371,19 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         help=f"comma-separated subset of {', '.join(TASKS)} (default both)",
     )
     parser.add_argument("--dump", default=None, help="also write every outcome as JSON lines to this file")
+    parser.add_argument(
+        "--from-dump", default=None, help="print the tables of an earlier --dump file instead of computing"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     args = parser.parse_args([] if argv is None else argv)
 
     started = time.perf_counter()
-    truths, truth_errors = cartpole_truths(args.truth_rollouts)
-    truth_s = time.perf_counter() - started
-    outcomes, seconds = run_all(args, truths)
+    if args.from_dump:
+        outcomes, truth_errors, truth_s, seconds = _load_dump(args.from_dump)
+    else:
+        truths, truth_errors = cartpole_truths(args.truth_rollouts)
+        truth_s = time.perf_counter() - started
+        outcomes, seconds = run_all(args, truths)
     if args.dump:
         with open(args.dump, "w", encoding="utf-8") as out:
             for outcome in outcomes:
@@ -395,17 +414,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print_task(task, cells, widths)
 
     headlines = headline_summary(outcomes)
-    print("   headline the report chose, and how often its interval covered the truth")
+    print("   headline the report chose, how often its interval covered the truth, and how often where")
+    print("   the report marked it reliable (the gate approves nothing else)")
     headline_coverage: list[float] = []
+    headline_reliable: list[float] = []
     unmeasured: list[str] = []
-    for (task, alpha), (chosen, covered, measured) in headlines.items():
+    for (task, alpha), (chosen, covered, measured, covered_r, measured_r) in headlines.items():
         names = ", ".join(f"{name} ×{count}" for name, count in chosen.most_common())
         if measured < sum(chosen.values()):
             unmeasured.append(f"{task}/α={alpha}")
         coverage = f"{covered / measured:.0%} ({covered}/{measured})" if measured else "— (no truth)"
-        print(f"   {task:>13} α={alpha:<5} {names}: covers {coverage}")
+        when = f"{covered_r / measured_r:.0%} ({covered_r}/{measured_r})" if measured_r else "— (never)"
+        print(f"   {task:>13} α={alpha:<5} {names}: covers {coverage}; when reliable {when}")
         if measured:
             headline_coverage.append(covered / measured)
+        if measured_r:
+            headline_reliable.append(covered_r / measured_r)
     if unmeasured:
         note = f"headline without a truth in its unit, or unavailable, in some seeds: {', '.join(unmeasured)}"
         print(textwrap.fill(note, 100, initial_indent="   ", subsequent_indent="     "))
@@ -420,7 +444,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     figures: dict[str, object] = {
         "min_coverage_reliable": round(reliable[worst], 4) if worst else None,
         "headline_coverage": round(min(headline_coverage), 4) if headline_coverage else None,
-        "seeds": args.seeds,
+        "headline_coverage_when_reliable": round(min(headline_reliable), 4) if headline_reliable else None,
+        "seeds": len({o.seed for o in outcomes}),
         "worst_reliable_cell": f"{worst[0]}/{worst[2]}/α={worst[1]}" if worst else None,
         "headline_unmeasured": unmeasured,
         "mean_width_vs_wdr": {name: round(float(np.mean(r)), 4) for name, r in by_estimator.items()},

@@ -45,7 +45,11 @@ def _plots(report: CpeReport) -> dict[str, str]:
     low = np.array([_number(e.normalized_ci_low) for e in est])
     high = np.array([_number(e.normalized_ci_high) for e in est])
     ok = np.isfinite(centers) & np.isfinite(low) & np.isfinite(high)
-    ax.errorbar(centers[ok], y[ok], xerr=[centers[ok] - low[ok], high[ok] - centers[ok]], fmt="o", capsize=3)
+    # Interval and point drawn apart: a percentile interval need not contain its point estimate
+    # (the refitted models can shift every resample one way), which an error bar cannot show.
+    ax.hlines(y[ok], low[ok], high[ok], color="C0")
+    ax.plot(low[ok], y[ok], "|", high[ok], y[ok], "|", color="C0", markersize=8)
+    ax.plot(centers[ok], y[ok], "o", color="C0")
     ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
     labels = [
         n + ("" if e.reliable else " (unreliable)" if e.available else " (not computable)")

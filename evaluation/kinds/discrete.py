@@ -34,6 +34,8 @@ from features import NormalizationSpec, build_feature_matrix, normalize
 from trainer.data import feature_maps
 
 LOGGED_COLUMNS = ("action", "action_probability", "possible_actions")
+# Fewer rows than this per coefficient of the second-order heads: the heads stay linear in the state.
+ROWS_PER_COEFFICIENT = 10
 
 
 class DiscreteServedPolicy(EvaluatedPolicy, Protocol):
@@ -82,6 +84,18 @@ def evaluate_served(
     return evaluate_probabilities(frame, target, actions, policy.version, config, spec)
 
 
+def _model_design(state: np.ndarray, n_features: int, n_heads: int) -> np.ndarray:
+    """Both models' per-action design (the intercept is the fit's): the value columns to second
+    order when the data carry `ROWS_PER_COEFFICIENT` rows per coefficient of every head (else
+    linear), then the presence columns (features/transform.py's layout) that vary, left linear."""
+    values, presence = state[:, :-n_features], state[:, -n_features:]
+    presence = presence[:, presence.min(axis=0) < presence.max(axis=0)]
+    second = second_order_state(values)
+    if len(state) < ROWS_PER_COEFFICIENT * n_heads * (1 + second.shape[1] + presence.shape[1]):
+        second = values  # a few hundred rows: the products' coefficients would fit the noise
+    return np.hstack([second, presence])
+
+
 def evaluate_probabilities(
     timelines: pd.DataFrame,
     target_probs: np.ndarray,
@@ -107,11 +121,7 @@ def evaluate_probabilities(
     episode = episode_index(frame)
 
     state = normalize(spec, build_feature_matrix(feature_maps(frame["state_features"]), spec.feature_names))
-    # Both models' per-action design (the intercept is the fit's): the value columns to second
-    # order, then the presence columns (features/transform.py's layout) that vary, left linear.
-    values, presence = state[:, : -spec.n_features], state[:, -spec.n_features :]
-    varying = presence.min(axis=0) < presence.max(axis=0)
-    x = np.hstack([second_order_state(values), presence[:, varying]])
+    x = _model_design(state, spec.n_features, len(actions))
     reward_fit = cross_fit_reward_model(x, a, reward, episode, actions, config.reward_model, seed=config.seed)
     fqe = fitted_q_evaluation(x, episode, a, reward, pi, config.gamma, config.fqe, config.seed)
     rows = np.arange(len(frame))

@@ -251,3 +251,16 @@ def test_a_required_bound_missing_from_the_report_blocks() -> None:
     decision = gate_model(report, None, GateConfig(require_bound=BoundMethod.EMPIRICAL_BERNSTEIN))
     assert not decision.approved
     assert decision.reasons[0].startswith("the required empirical_bernstein bound is not in the report")
+
+
+def test_html_report_draws_an_interval_that_does_not_contain_its_point() -> None:
+    """A percentile interval of refitted models can lie wholly on one side of the point estimate
+    (seen on a 92-row refresh); the page still renders, and its table shows both as they are."""
+    report = _report()
+    shifted = report.headline_estimate.model_copy(
+        update={"normalized": 1.30, "normalized_ci_low": 0.92, "normalized_ci_high": 1.21}
+    )
+    report = report.model_copy(update={"estimates": {**report.estimates, "dr": shifted}})
+    decision = gate_model(report, None, GateConfig())
+    page = render_html(report, decision.summary, decision.reasons, decision.notes)
+    assert "<img" in page and "1.21" in page and "1.3" in page

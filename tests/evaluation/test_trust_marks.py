@@ -191,3 +191,21 @@ def test_fqe_the_light_weighted_steps_contradict_is_flagged_and_the_gate_judges_
     assert not report.estimates["magic"].reliable
     assert report.headline == "wdr"
     assert "the data do not confirm FQE" in report.headline_reason
+
+
+def test_the_heads_go_second_order_only_with_ten_rows_per_coefficient() -> None:
+    """3 value columns and 3 presence columns (one varying): second order is [x, upper(x⊗x)] = 3 + 6
+    columns, + 1 presence + the intercept = 11 coefficients per head, so 2 heads need 220 rows."""
+    from evaluation.kinds.discrete import _model_design
+
+    rng = np.random.default_rng(0)
+
+    def state(rows: int) -> np.ndarray:
+        presence = np.ones((rows, 3))
+        presence[::2, 1] = 0.0
+        return np.hstack([rng.normal(size=(rows, 3)), presence])
+
+    wide, narrow = _model_design(state(220), 3, 2), _model_design(state(219), 3, 2)
+    assert wide.shape == (220, 10) and narrow.shape == (219, 4)
+    x = state(220)
+    assert np.array_equal(_model_design(x, 3, 2)[:, 3:9], x[:, [0, 0, 0, 1, 1, 2]] * x[:, [0, 1, 2, 1, 2, 2]])
