@@ -209,3 +209,19 @@ def test_the_heads_go_second_order_only_with_ten_rows_per_coefficient() -> None:
     assert wide.shape == (220, 10) and narrow.shape == (219, 4)
     x = state(220)
     assert np.array_equal(_model_design(x, 3, 2)[:, 3:9], x[:, [0, 0, 0, 1, 1, 2]] * x[:, [0, 1, 2, 1, 2, 2]])
+
+
+def test_second_order_drops_products_that_carry_nothing() -> None:
+    """Columns: a continuous z, a two-level one-hot (u, v) and a 0/1 flag b. Of the 10 products,
+    u·v is zero everywhere and u², v², b² equal their columns: 4 columns + 6 products remain."""
+    from evaluation.joint_models import second_order_state
+
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=50)
+    u = (rng.random(50) < 0.5).astype(float)
+    b = (rng.random(50) < 0.3).astype(float)
+    x = np.column_stack([z, u, 1.0 - u, b])
+    design = second_order_state(x)
+    expected = np.column_stack([x, z * z, z * u, z * (1 - u), z * b, u * b, (1 - u) * b])
+    assert design.shape == (50, 10)
+    assert np.array_equal(design, expected)
