@@ -8,7 +8,8 @@ resample, and every estimator is recomputed from the refitted predictions
 (`evaluation.intervals`).
 
 Both models are ridge regressions on a fixed design (`LinearDesign`): per-action heads on [1, x]
-for discrete actions (x already second order: `joint_models.second_order_state`), one head on [1, φ(x, a)] for vector actions (`evaluation.joint_models`).
+for discrete actions (x is already second order where the data allow: `kinds.discrete`), one
+head on [1, φ(x, a)] for vector actions (`evaluation.joint_models`).
 A refit on a resample is therefore the same ridge solve with the resample's episode counts as row
 weights, and a batch of resamples is one batched solve. Cross-fitting is kept inside every
 resample: each resample draws its own split of the episodes into folds, and each row's prediction
@@ -62,7 +63,7 @@ class LinearDesign:
         reward: np.ndarray,
     ) -> LinearDesign:
         """Discrete actions: one head per action on [1, x] (`evaluation.reward_model`, `evaluation.fqe`);
-        the discrete kind passes x = [state, upper(state⊗state)]."""
+        the discrete kind passes the state to second order where the data allow (`_model_design`)."""
         x = np.asarray(features, dtype=np.float64)
         base = np.hstack([np.ones((x.shape[0], 1)), x])
         return cls(
