@@ -153,11 +153,7 @@ class _Ridge:
         self.design = design
         self.counts = counts  # [b, E]
         self.row_weight = counts[:, design.episode]  # [b, N]
-        self.rows_of_head = blocks.rows_of_head
-        self.head_indicator = blocks.head_indicator
-        self.logged_blocks = blocks.logged_blocks
-        self.target_blocks = blocks.target_blocks
-        self._outer = blocks.outer
+        self.blocks = blocks
 
     def grams(self, train_episodes: np.ndarray) -> np.ndarray:
         """[b, H, P, P]: Σ_i c_i x_i x_iᵀ over the training rows of each head."""
@@ -165,12 +161,12 @@ class _Ridge:
         n_p = d.base.shape[1]
         b = self.counts.shape[0]
         weights = self.counts * train_episodes  # [b, E] (train_episodes [E] or [b, E])
-        if self._outer is not None:
-            out = np.einsum("be,ehk->bhk", weights, self._outer)
+        if self.blocks.outer is not None:
+            out = np.einsum("be,ehk->bhk", weights, self.blocks.outer)
             return out.reshape(b, d.n_heads, n_p, n_p)
         out = np.zeros((b, d.n_heads, n_p, n_p))
         row_w = weights[:, d.episode]
-        for h, rows in enumerate(self.rows_of_head):
+        for h, rows in enumerate(self.blocks.rows_of_head):
             x = d.base[rows]
             for s in range(b):
                 out[s, h] = (x * row_w[s, rows, None]).T @ x
@@ -179,13 +175,13 @@ class _Ridge:
     def fold(self, train_rows: np.ndarray, train_episodes: np.ndarray) -> _Fold:
         """What every solve on these training rows shares: grams, row weights, rows per head."""
         train_weight = self.row_weight * train_rows  # [b, N]
-        return _Fold(self.grams(train_episodes), train_weight, train_weight @ self.head_indicator)
+        return _Fold(self.grams(train_episodes), train_weight, train_weight @ self.blocks.head_indicator)
 
     def solve(self, fold: _Fold, y: np.ndarray, l2: float, min_rows: int) -> np.ndarray:
         """β [b, H, P] of ridge (slopes penalized by `l2`, intercept not) on the weighted training rows."""
         grams, sizes = fold.grams, fold.sizes
         b, n_heads, n_p, _ = grams.shape
-        rhs = ((fold.train_weight * y) @ self.logged_blocks).reshape(b, n_heads, n_p)
+        rhs = ((fold.train_weight * y) @ self.blocks.logged_blocks).reshape(b, n_heads, n_p)
         penalty = np.full(n_p, l2)
         penalty[0] = 0.0
         pooled = _ridge_solve(grams.sum(axis=1), rhs.sum(axis=1), penalty)
@@ -196,11 +192,11 @@ class _Ridge:
 
     def predict_logged(self, beta: np.ndarray) -> np.ndarray:
         """x_i·β_{head i} for every row: [b, N]."""
-        return beta.reshape(beta.shape[0], -1) @ self.logged_blocks.T
+        return beta.reshape(beta.shape[0], -1) @ self.blocks.logged_blocks.T
 
     def predict_target(self, beta: np.ndarray) -> np.ndarray:
         """Σ_h target_weight[i, h]·target_base[i]·β_h for every row: [b, N]."""
-        return beta.reshape(beta.shape[0], -1) @ self.target_blocks.T
+        return beta.reshape(beta.shape[0], -1) @ self.blocks.target_blocks.T
 
 
 def _ridge_solve(grams: np.ndarray, rhs: np.ndarray, penalty: np.ndarray) -> np.ndarray:
