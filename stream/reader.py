@@ -24,7 +24,7 @@ from stream._layout import ACTION_KIND_COLUMNS, TIMELINE_COLUMNS, timelines_path
 
 _MAP_COLUMNS = ("state_features", "metrics", "next_state_features")
 _LIST_COLUMNS = ("possible_actions", "possible_next_actions")
-_LISTING_ATTEMPTS = 5  # a replayed batch is swapped in by one rename: one retry is normally enough
+_LISTING_ATTEMPTS = 20  # a replayed batch is swapped in by one rename: one retry is normally enough
 _PARTITIONING = pads.partitioning(pa.schema([("ds", pa.string()), ("batch_id", pa.int64())]), flavor="hive")
 
 
@@ -106,8 +106,12 @@ def load_timelines(
     return frame.sort_values(["mdp_id", "sequence_number"], kind="stable").reset_index(drop=True)
 
 
+class _ListingChanged(OSError):
+    """The committed files changed during a read (a batch rewritten in place): read again."""
+
+
 @retry(
-    retry=retry_if_exception_type(FileNotFoundError),
+    retry=retry_if_exception_type((FileNotFoundError, _ListingChanged)),
     stop=stop_after_attempt(_LISTING_ATTEMPTS),
     wait=wait_fixed(0.1),
     reraise=True,
@@ -137,7 +141,12 @@ def _read_committed(root: Path, start: datetime | None, end: datetime | None) ->
             pads.field("timestamp") < _timestamp_scalar(end, stored)
         )
         condition = upper if condition is None else condition & upper
-    return dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)
+    table = dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)
+    # A listing taken while a replayed batch is being deleted holds only the files not yet gone, and
+    # they read without error: accept the table only if the files did not change under the read.
+    if sorted(str(f) for f in root.glob("ds=*/batch_id=*/*.parquet")) != files:
+        raise _ListingChanged(f"the committed files under {root} changed while they were read")
+    return table
 
 
 def _with_action_kind_columns(schema: pa.Schema) -> pa.Schema:
