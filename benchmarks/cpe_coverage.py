@@ -14,8 +14,11 @@ Reading the tables (rows: estimators, columns: α): "cov% (rk/N) w×" is the sha
 where the estimate was available whose interval [ci_low, ci_high] holds the truth, k of them marked
 reliable by the report, and the mean interval width over WDR's in the same cell (both per episode).
 Unavailable estimates are counted apart, not as misses. The second table is the coverage among
-the seeds marked reliable, which issue 14 wants ≥ 90 % everywhere. Then the report's headline per
-task and α: which estimator(s) it chose over the seeds and how often its interval covered.
+the seeds marked reliable, which issue 14 wants ≥ 90 % everywhere. The third, per α, the Pareto k̂
+of WDR's weights over the seeds (`evaluation.pareto`) and, among the seeds no other rule flags, the
+coverage of those at or below the report's k̂ limit and of those above it (which it marks
+unreliable). Then the report's headline per task and α: which estimator(s) it chose over the seeds
+and how often its interval covered.
 The last line is one JSON object: `min_coverage_reliable` (the lowest coverage among reliable seeds
 over task × α × estimator cells with any), `worst_reliable_cell` (that cell), `headline_coverage`
 (the lowest headline coverage over task × α), `headline_unmeasured` (cells where some headline had
@@ -90,6 +93,7 @@ class Outcome:
     ci_high: float | None = None
     truth: float | None = None
     effective_sample_size: float | None = None
+    pareto_k: float | None = None  # k̂ of the weights it relies on (`evaluation.pareto`)
     warnings: tuple[str, ...] = ()
 
 
@@ -125,6 +129,7 @@ def _outcomes(task: str, seed: int, alpha: float, report: CpeReport, truth: Trut
                 ci_high=estimate.ci_high,
                 truth=target,
                 effective_sample_size=estimate.effective_sample_size,
+                pareto_k=estimate.pareto_k,
                 warnings=tuple(estimate.warnings),
             )
         )
@@ -344,6 +349,34 @@ def headline_summary(
     return out
 
 
+def print_tails(outcomes: list[Outcome], task: str, name: str = REFERENCE) -> None:
+    """Per α, the Pareto k̂ of `name`'s weights over the seeds (median, range, how many above the
+    report's limit) and, where the effective sample size alone would call it reliable, its coverage
+    among the seeds with k̂ at most the limit and above it."""
+    print(f"   Pareto k̂ of {name}'s weights per α: median (range); seeds above the limit; among the seeds")
+    print("   the ESS rule alone would mark reliable, coverage with k̂ ≤ limit | k̂ > limit")
+    for alpha in ALPHAS:
+        group = [o for o in outcomes if o.task == task and o.alpha == alpha and o.estimator == name]
+        tails = [o.pareto_k for o in group if o.pareto_k is not None]
+        if not tails:
+            print(f"   α={alpha:<5} k̂ not computed (no tail to fit) in all {len(group)} seeds")
+            continue
+        heavy = [o for o in group if any("heavy-tailed" in w for w in o.warnings)]
+        ess_only = [
+            o
+            for o in group
+            if o.covered is not None and all("heavy-tailed" in w for w in o.warnings)  # no other warning
+        ]
+        split = []
+        for above in (False, True):
+            part = [o for o in ess_only if (o in heavy) == above]
+            split.append(f"{sum(bool(o.covered) for o in part)}/{len(part)}" if part else "—")
+        print(
+            f"   α={alpha:<5} {np.median(tails):.2f} ({min(tails):.2f}–{max(tails):.2f}); "
+            f"{len(heavy)}/{len(group)} above; {split[0]} | {split[1]}"
+        )
+
+
 def _load_dump(path: str) -> tuple[list[Outcome], dict[float, float], float, dict[str, list[float]]]:
     """The outcomes of a `--dump` file (no truth errors or timings: those are not in it)."""
     with open(path, encoding="utf-8") as lines:
@@ -412,6 +445,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         print(f"   {descriptions[task]}")
         print(f"   coverage (reliable/N) and mean width relative to {REFERENCE}, per estimator and α")
         print_task(task, cells, widths)
+        print_tails(outcomes, task)
 
     headlines = headline_summary(outcomes)
     print("   headline the report chose, how often its interval covered the truth, and how often where")

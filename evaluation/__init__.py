@@ -9,8 +9,9 @@ WDR, MAGIC; model-based: FQE; for continuous actions the same on kernel-smoothed
 Entry points: `evaluate_policy` (timelines + served model of any kind → `CpeReport`), the
 model-free `evaluate_probabilities` (discrete), `evaluate_candidate_probabilities` (parametric)
 and `evaluate_action_samples` (continuous), `gate_model` (report → `GateDecision`),
-`evaluate_and_gate` (registry version → report, decision, deploy) and `hold_out_mdps` (keep
-evaluation MDPs out of training).
+`evaluate_and_gate` (registry version → report, decision, deploy), `hold_out_mdps` (keep
+evaluation MDPs out of training) and `check_data_health` (logged-data health against
+`HealthThresholds` → `DataHealth`, carried by the report; a failed blocking check rejects at the gate).
 """
 
 from evaluation.bounds import BoundMethod, HighConfidenceBound, high_confidence_bounds
@@ -35,6 +36,14 @@ from evaluation.evaluate import (
 )
 from evaluation.fqe import FqeFit, FqeResult, RidgeFqeConfig, fitted_q_evaluation
 from evaluation.gate import GateAlert, GateDecision, evaluate_and_gate, gate_model, record_alerts
+from evaluation.health import (
+    DataHealth,
+    HealthCheck,
+    HealthCheckKind,
+    HealthThresholds,
+    TargetOverlap,
+    check_data_health,
+)
 from evaluation.html_report import render_html, save_html_report, write_tensorboard_scalars
 from evaluation.kernel import KernelConfig, KernelSmoothing, kernel_weights, silverman_bandwidth
 from evaluation.report import (
@@ -62,6 +71,7 @@ __all__ = [
     "BoundMethod",
     "CpeReport",
     "CrossFitResult",
+    "DataHealth",
     "Estimate",
     "EvaluationConfig",
     "EvaluationError",
@@ -70,6 +80,9 @@ __all__ = [
     "GateAlert",
     "GateConfig",
     "GateDecision",
+    "HealthCheck",
+    "HealthCheckKind",
+    "HealthThresholds",
     "HighConfidenceBound",
     "KernelConfig",
     "KernelSmoothing",
@@ -77,7 +90,9 @@ __all__ = [
     "RewardModelFit",
     "RidgeFqeConfig",
     "RidgeRewardModelConfig",
+    "TargetOverlap",
     "WeightHistogram",
+    "check_data_health",
     "cross_fit_reward_model",
     "direct_method",
     "doubly_robust",

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evaluation.bounds import BoundMethod
 from evaluation.fqe import RidgeFqeConfig
+from evaluation.health import HealthThresholds
 from evaluation.kernel import KernelConfig
 from evaluation.reward_model import RidgeRewardModelConfig
 
@@ -70,6 +71,11 @@ class EvaluationConfig(BaseModel):
         "is never scored on the decisions it was trained on; 0 disables",
     )
     gate: GateConfig = Field(default_factory=GateConfig)
+    health: HealthThresholds = Field(
+        default_factory=HealthThresholds,
+        description="what the logged timelines must satisfy (`evaluation.health`); measured into the report's "
+        "data_health, and a breach rejects the candidate at the gate",
+    )
     bound_term_range: tuple[float, float] | None = Field(
         None,
         description="the range [low, high] every importance-weighted term (w·r per decision, Σ γ^t w_t r_t per "

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evaluation.errors import EvaluationError
+from evaluation.pareto import pareto_k
 
 # A bootstrap chunk holds at most this many resampled indices (int64): bounds memory at ~160 MB.
 _MAX_INDICES_PER_CHUNK = 20_000_000
@@ -72,7 +73,7 @@ class Estimate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2  # 2: pareto_k
     estimator: EstimatorName
     available: bool = Field(True, description="False when the estimator cannot be computed for these data")
     value: float | None = Field(
@@ -103,6 +104,14 @@ class Estimate(BaseModel):
     )
     clipped_share: float | None = Field(
         None, description="share of decisions whose weight exceeded the switch threshold (switch_dr); else 0"
+    )
+    pareto_k: float | None = Field(
+        None,
+        description="Pareto k̂ of the importance weights it relies on (`evaluation.pareto`: per decision for "
+        "one-step estimates, the episodes' final cumulative weights for sequential ones; switch_dr: the kept "
+        "weights; magic: the weights of the deepest j-step return its blend uses). Above 1/2 their variance is "
+        "infinite and the estimate is marked unreliable. None when it uses no weights, the weights have no tail "
+        "to fit (a few distinct values at the top, fewer than 25 samples), or in reports written before it",
     )
     reliable: bool = True
     warnings: list[str] = Field(default_factory=list, description="why the estimate is not to be trusted")
@@ -218,6 +227,12 @@ def importance_weights(pi: np.ndarray, a: np.ndarray, mu: np.ndarray) -> np.ndar
     return pi[np.arange(pi.shape[0]), a] / mu
 
 
+def _log(w: np.ndarray) -> np.ndarray:
+    """log w, −inf for zero weights (and for the NaN/negative ones callers reject before)."""
+    positive = w > 0.0
+    return np.where(positive, np.log(np.where(positive, w, 1.0)), -np.inf)
+
+
 def effective_sample_size(w: np.ndarray) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
         sq = float(np.sum(w * w))
@@ -232,6 +247,7 @@ class EstimatorSpec:
     value_of: Callable[[np.ndarray], np.ndarray]
     weights: np.ndarray | None  # importance weights behind ESS / max weight; None if unweighted
     clipped_share: float | None = None
+    pareto_k: float | None = None  # k̂ of the weights it relies on (`evaluation.pareto`)
 
 
 def bootstrapped_estimates(
@@ -282,6 +298,7 @@ def bootstrapped_estimates(
             max_propensity=float(propensity.max()),
             max_weight=None if weights is None else float(weights.max()),
             clipped_share=None if weights is None else (spec.clipped_share or 0.0),
+            pareto_k=spec.pareto_k,
         )
         out[name] = mark_reliability(estimate)
     return out
@@ -395,11 +412,17 @@ def weighted_one_step_estimates(
         dm = np.asarray(dm, dtype=np.float64)
     kept = w <= switch_threshold
     columns = np.stack([r, dm, w * r, w, residual, residual * kept], axis=1)
+    tails = {
+        "dm": None,
+        "switch_dr": pareto_k(_log(w * kept)) if "switch_dr" in names else None,  # the weights it keeps
+        **dict.fromkeys(("ips", "snips", "dr", "sndr"), pareto_k(_log(w))),
+    }
     specs = {
         name: EstimatorSpec(
             value_of=ONE_STEP_VALUE[name],
             weights=None if name == "dm" else w,
             clipped_share=float(np.mean(~kept)) if name == "switch_dr" else 0.0,
+            pareto_k=tails[name],
         )
         for name in names
     }

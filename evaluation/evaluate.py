@@ -44,7 +44,8 @@ def evaluate_policy(
     `metadata.action_kind` selects the adapter. `spec` normalizes state features for the reward
     model (the policy normalizes inside its graph). Raises `EvaluationError` for data that cannot
     be evaluated (naming the column and the kind); data that is merely too small yields a report
-    with `reliable=False`, which the gate rejects.
+    with `reliable=False`, which the gate rejects. The report's `data_health` holds the
+    logged-data checks of `timelines` against `config.health` (`evaluation.health`).
     """
     metadata = getattr(policy, "metadata", None)
     kind = getattr(metadata, "action_kind", None)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from evaluation.config import EvaluationConfig, GateConfig
 from evaluation.errors import EvaluationError
 from evaluation.evaluate import evaluate_policy
+from evaluation.health import DataHealth, check_data_health
 from evaluation.html_report import save_html_report, write_tensorboard_scalars
 from evaluation.report import CpeReport, save_report
 from features import NormalizationSpec
@@ -77,11 +78,19 @@ def _finite(*values: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
+def _health_reasons(health: DataHealth | None) -> list[str]:
+    """One rejection reason per failed blocking data-health check, naming the check, the measured
+    value and the threshold (e.g. "data health: feature 'age' missing on 63.0% of decisions (max 50%)")."""
+    return [] if health is None else [f"data health: {check.detail}" for check in health.failures]
+
+
 def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig) -> GateDecision:
     """Approve only if the headline's normalized lower bound ≥ threshold, its ESS ≥ minimum, every
     computable estimate is finite, the report is reliable, the required high-confidence bound (if
-    any) clears the threshold too, and (when `max_swing` is set) the headline value moved at most
-    `max_swing` relative to the previous model's report; a larger swing also raises an alert.
+    any) clears the threshold too, (when `max_swing` is set) the headline value moved at most
+    `max_swing` relative to the previous model's report — a larger swing also raises an alert — and
+    every blocking check of the report's logged-data health passed (`CpeReport.data_health`; none
+    is judged on reports written before it was measured).
 
     The headline is the estimate the report chose for the problem (`CpeReport.headline`, with
     `headline_reason`): MAGIC (WDR where the data do not confirm FQE) for multi-step episodes, DR
@@ -92,15 +101,18 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
     is computable but NaN or infinite points at bad input and blocks."""
     head = report.headline_estimate
     name = report.headline
-    reasons: list[str] = []
+    reasons = _health_reasons(report.data_health)
     alerts: list[GateAlert] = []
     checked: dict[str, float | None] = {
         "headline_value": head.value,
         "headline_normalized": head.normalized,
         "headline_normalized_ci_low": head.normalized_ci_low,
         "effective_sample_size": head.effective_sample_size,
+        "pareto_k": head.pareto_k,
         "logged_value": report.logged_value,
     }
+    if report.data_health is not None:
+        checked.update({f"data_health/{c.name}": c.value for c in report.data_health.checks if c.blocking})
     values = (
         head.value,
         head.normalized,
@@ -250,12 +262,17 @@ def evaluate_and_gate(
     reports_dir: Path | str,
     previous_report: CpeReport | None = None,
     tensorboard_dir: Path | str | None = None,
+    *,
+    deploy: bool = True,
 ) -> tuple[CpeReport | None, GateDecision]:
     """Evaluate a registered version of any action kind (loaded as served by
     `trainer.onnx_policy.load_registered_policy`), gate it, write `reports_dir/<version>/{cpe_report.json,
     gate.json,report.html}` (+ TensorBoard scalars under `tensorboard_dir`), append alerts to
     `reports_dir/alerts.jsonl`, and deploy it only when approved. A model that fails to load or
-    cannot be evaluated yields no report and a rejection.
+    cannot be evaluated yields no report and a rejection. Timelines that break `config.health` (the
+    report's `data_health`) reject the model whatever its estimate, so serving keeps the deployed
+    one; when they cannot even be evaluated (e.g. a propensity of 0), the failed health checks are
+    added to the rejection's reasons.
 
     Pass timelines the candidate was NOT trained on (see `hold_out_mdps`), or the estimate
     carries the winner's curse of being scored on its own training data."""
@@ -275,10 +292,17 @@ def evaluate_and_gate(
         report = evaluate_policy(timelines, policy, config, spec)
     except EvaluationError as exc:
         _log.error("model %s could not be evaluated: %s", version, exc)
+        # The data-health checks still say what in the logs is broken, by the configured thresholds.
+        kind = getattr(getattr(policy, "metadata", None), "action_kind", None)
+        health = (
+            None
+            if kind is None
+            else check_data_health(timelines, config.health, kind, feature_names=spec.feature_names)
+        )
         decision = GateDecision(
             model_version=version,
             approved=False,
-            reasons=[f"model {version} could not be evaluated: {exc}"],
+            reasons=[f"model {version} could not be evaluated: {exc}", *_health_reasons(health)],
             config=config.gate,
         )
         _save_decision(decision, out_dir)
@@ -286,7 +310,7 @@ def evaluate_and_gate(
     save_report(report, out_dir)
     decision = gate_model(report, previous_report, config.gate)
     record_alerts(decision, reports_dir)
-    if decision.approved:
+    if decision.approved and deploy:  # deploy=False: the caller chooses among approved candidates
         head = report.headline_estimate
         registry.deploy(
             version,

@@ -1,8 +1,8 @@
 """The CPE report for people: one self-contained HTML page, and TensorBoard scalars.
 
-The page leads with the verdict, then shows every estimator's normalized value with its
-interval, the importance-weight distribution and the per-action comparison, then the tables
-behind the plots. Plots are PNGs embedded inline, so the file can be mailed or archived alone.
+The page leads with the verdict, then the logged-data health checks, every estimator's
+normalized value with its interval, the importance-weight distribution and the per-action
+comparison, then the tables behind the plots. Plots are PNGs embedded inline, so the file can be mailed or archived alone.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.estimators import Estimate
+from evaluation.health import DataHealth, HealthCheck
 from evaluation.report import CpeReport
 
 HTML_FILE = "report.html"
@@ -142,8 +143,40 @@ def _estimate_row(name: str, e: Estimate) -> str:
         )
         status = "yes" if e.reliable else "NO: " + esc("; ".join(e.warnings))
     return (
-        f"<tr><td>{esc(name)}</td>{numbers}<td>{_fmt(e.effective_sample_size, 5)}</td><td>{max_weight}</td>"
-        f"<td>{_fmt(e.clipped_share, 3)}</td><td>{status}</td></tr>"
+        f"<tr><td>{esc(name)}</td>{numbers}<td>{_fmt(e.effective_sample_size, 5)}</td>"
+        f"<td>{_fmt(e.pareto_k, 2)}</td><td>{max_weight}</td><td>{_fmt(e.clipped_share, 3)}</td><td>{status}</td></tr>"
+    )
+
+
+def _health_row(check: HealthCheck) -> str:
+    esc = html.escape
+    if check.passed:
+        status = "pass"
+    else:
+        status = "FAIL (blocks the deploy)" if check.blocking else "off (reported, not blocking)"
+    error = "" if check.standard_error is None else f" ± {_fmt(check.standard_error, 2)}"
+    return (
+        f"<tr><td>{esc(check.name)}</td><td>{_fmt(check.value)}{error}</td><td>{_fmt(check.threshold)}</td>"
+        f"<td>{status}</td><td>{esc(check.detail)}</td></tr>"
+    )
+
+
+def _health_table(health: DataHealth | None) -> str:
+    """The logged-data health checks (`evaluation.health`); empty for reports written before them."""
+    if health is None:
+        return ""
+    esc = html.escape
+    rows = "".join(_health_row(c) for c in health.checks)
+    skipped = "".join(f"<li>{esc(n)}</li>" for n in health.not_measured)
+    outcome = (
+        "every blocking check passed"
+        if health.passed
+        else f"{len(health.failures)} blocking check(s) failed: the model is not deployed"
+    )
+    return (
+        f"<h2>Logged-data health</h2><p>{health.n_decisions} decisions; {outcome}.</p>"
+        "<table><tr><th>check</th><th>measured</th><th>threshold</th><th>status</th><th>detail</th></tr>"
+        f"{rows}</table>" + (f"<p>Not measured:</p><ul>{skipped}</ul>" if skipped else "")
     )
 
 
@@ -225,16 +258,19 @@ so the problem is treated as {esc(report.problem.replace("_", "-"))}. The gate j
 <p>Intervals: {report.estimates[report.headline].bootstrap_samples} bootstrap resamples of whole episodes, each
 refitting the reward model and FQE (cross-fitted within the resample), so they hold the models' sampling error
 as well as the rows'. An estimate marked not reliable says why its interval cannot be trusted to cover.</p>
+{_health_table(report.data_health)}
 {bounds_table}
 <p>How to read it: 1.0× means "as good as the logged policy" (normalized = 1 + (value − logged)/|logged|, so
 above 1 is better also when rewards are costs). One-step estimators (dm … switch_dr) value a
 single decision; sequential ones (pdis … magic, fqe) value a whole episode. An estimator is only as good as
-its effective sample size: far below the number of decisions, the new policy acts unlike the logged one.</p>
+its effective sample size: far below the number of decisions, the new policy acts unlike the logged one.
+Pareto k̂ says how heavy the weights' tail is: above 0.5 their variance is infinite, a few samples decide
+the value, and the interval is not to be trusted whatever the effective sample size.</p>
 {kernel_text}
 {images}
 <h2>Estimates</h2>
 <table><tr><th>estimator</th><th>value</th><th>interval</th><th>normalized</th><th>normalized interval</th>
-<th>ESS</th><th>max weight</th><th>clipped share</th><th>reliable</th></tr>{rows}</table>
+<th>ESS</th><th>Pareto k̂</th><th>max weight</th><th>clipped share</th><th>reliable</th></tr>{rows}</table>
 {action_table}
 {dimension_table}
 <h2>Models behind DM/DR and the sequential estimators</h2>
@@ -263,7 +299,7 @@ def save_html_report(
 
 
 def write_tensorboard_scalars(report: CpeReport, log_dir: Path | str, step: int = 0) -> Path:
-    """`cpe/<estimator>/{value,normalized,ci_low,ci_high,ess}`, `cpe/logged_value` and, for continuous
+    """`cpe/<estimator>/{value,normalized,ci_low,ci_high,ess,pareto_k}`, `cpe/logged_value` and, for continuous
     actions, `cpe/kernel/{ess,bandwidth_<j>}` under `log_dir`."""
     from tensorboardX import SummaryWriter  # imports torch (~3 s): only when asked for
 
@@ -280,6 +316,8 @@ def write_tensorboard_scalars(report: CpeReport, log_dir: Path | str, step: int 
             writer.add_scalar(f"cpe/{name}/ci_high", e.ci_high, step)
             if e.effective_sample_size is not None:
                 writer.add_scalar(f"cpe/{name}/ess", e.effective_sample_size, step)
+            if e.pareto_k is not None:
+                writer.add_scalar(f"cpe/{name}/pareto_k", e.pareto_k, step)
         if report.kernel is not None:
             writer.add_scalar("cpe/kernel/ess", report.kernel.effective_sample_size, step)
             for j, h in enumerate(report.kernel.bandwidth):

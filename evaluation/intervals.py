@@ -20,6 +20,7 @@ import numpy as np
 
 from evaluation.config import EvaluationConfig
 from evaluation.estimators import ONE_STEP_VALUE, bootstrap_counts, interval, relative_to_logged
+from evaluation.pareto import pareto_k
 from evaluation.refit import DesignBlocks, LinearDesign, refit_predictions
 from evaluation.sequential import (
     _episode_layout,
@@ -58,6 +59,8 @@ class RefitBootstrap:
     magic_value: float
     magic_normalized: float
     magic_effective_sample_size: float  # Σ_j x_j · ESS of the weights g^(j) uses (n for j = −1)
+    # Pareto k̂ of the weights at the deepest step j its blend gives weight (None: FQE alone, or no tail)
+    magic_pareto_k: float | None
     short_horizon: ShortHorizonCheck | None  # FQE against weighted DR where the weights are light
 
 
@@ -99,6 +102,7 @@ class _Episodes:
         ends = self.lengths - 1
         after = np.arange(self.horizon)[None, :] > ends[:, None]
         matrix = np.where(after, matrix[np.arange(self.n_episodes), ends][:, None], matrix)
+        self.step_log_w = matrix  # [E, H] log w_t, −inf for zero weights
         with np.errstate(invalid="ignore", over="ignore"):
             scaled = np.exp(matrix - np.max(matrix, axis=0))
             self.step_ess = np.sum(scaled, axis=0) ** 2 / np.sum(scaled**2, axis=0)
@@ -214,6 +218,10 @@ def refit_bootstrap(
     values["magic"] = magic
     blend = magic_blend_weights(g_point, omega, low, high)
     magic_value = float(g_point @ blend)
+    # The heaviest weights MAGIC relies on: those of its deepest j-step return with any blend weight
+    # (a cumulative weight multiplies more ratios the deeper the step); FQE alone (j = −1) uses none.
+    deepest = int(episodes.truncations[np.flatnonzero(blend > 0.0).max()])
+    magic_pareto_k = pareto_k(episodes.step_log_w[:, deepest]) if deepest >= 0 else None
     logged_return = float(episodes.logged_return.mean())
     # The ESS behind g^(j): that of the weights at step j; g^(−1) (FQE alone) uses none, so all E.
     j_ess = np.array(
@@ -241,5 +249,6 @@ def refit_bootstrap(
         magic_value=magic_value,
         magic_normalized=float(relative_to_logged(magic_value, logged_return)),
         magic_effective_sample_size=float(blend @ j_ess),
+        magic_pareto_k=magic_pareto_k,
         short_horizon=short,
     )

@@ -18,6 +18,7 @@ from evaluation.bounds import HighConfidenceBound
 from evaluation.errors import ReportError
 from evaluation.estimators import Estimate
 from evaluation.fqe import FqeFit
+from evaluation.health import DataHealth
 from evaluation.kernel import KernelSmoothing
 from evaluation.reward_model import RewardModelFit
 
@@ -68,7 +69,8 @@ class CpeReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
-    schema_version: Literal[1, 2] = 2  # 2: headline_reason, problem, max_episode_length, bounds
+    # 2: headline_reason, problem, max_episode_length, bounds; 3: data_health
+    schema_version: Literal[1, 2, 3] = 3
     model_version: str
     action_kind: ActionKind = ActionKind.DISCRETE
     logged_policy_versions: list[str]
@@ -99,6 +101,11 @@ class CpeReport(BaseModel):
     )
     kernel: KernelSmoothing | None = Field(None, description="the kernel behind the weights (continuous)")
     weight_histogram: WeightHistogram | None = None
+    data_health: DataHealth | None = Field(
+        None,
+        description="logged-data health of the evaluated timelines (`evaluation.health`); a failed blocking "
+        "check rejects the model at the gate. None in reports written before it was measured",
+    )
     reliable: bool
     warnings: list[str] = Field(default_factory=list)
     verdict: str

@@ -42,6 +42,7 @@ from evaluation.estimators import (
     logged_columns,
     mark_unavailable,
 )
+from evaluation.pareto import pareto_k
 
 SEQUENTIAL_ESTIMATORS = ("pdis", "sequential_dr", "wdr", "magic")
 # MAGIC blends at most this many j-step returns (Horizon used 25), spread over the horizon.
@@ -258,10 +259,13 @@ def weighted_sequential_estimates(
     final_log = log_w[starts + lengths - 1]
     final_top = float(final_log.max())
     final_weight = np.exp(final_log - final_top) if np.isfinite(final_top) else np.zeros(n_episodes)
+    # The tail of the episodes' final weights, from their logs (finite at any horizon); the
+    # heaviest weights each of these estimators carries (an ended episode keeps its last weight).
+    tail = pareto_k(final_log)
     specs: dict[str, EstimatorSpec] = {
-        "pdis": EstimatorSpec(value_of=lambda m: m[..., 1], weights=final_weight),
-        "sequential_dr": EstimatorSpec(value_of=lambda m: m[..., 2], weights=final_weight),
-        "wdr": EstimatorSpec(value_of=wdr, weights=final_weight),
+        "pdis": EstimatorSpec(value_of=lambda m: m[..., 1], weights=final_weight, pareto_k=tail),
+        "sequential_dr": EstimatorSpec(value_of=lambda m: m[..., 2], weights=final_weight, pareto_k=tail),
+        "wdr": EstimatorSpec(value_of=wdr, weights=final_weight, pareto_k=tail),
     }
     with np.errstate(invalid="ignore", over="ignore"):  # overflowing PDIS/SeqDR columns: reported below
         boot = bootstrap_column_means(columns, bootstrap_samples, seed)
@@ -270,7 +274,9 @@ def weighted_sequential_estimates(
         with np.errstate(all="ignore"):
             point = columns.mean(axis=0)
             blend = _magic_blend(j_step_returns(point), j_step_returns(boot), confidence)
-        specs["magic"] = EstimatorSpec(value_of=lambda m: j_step_returns(m) @ blend, weights=final_weight)
+        specs["magic"] = EstimatorSpec(
+            value_of=lambda m: j_step_returns(m) @ blend, weights=final_weight, pareto_k=tail
+        )
     chosen = {name: specs[name] for name in set(names) | ({"wdr"} if "magic" in names else set())}
     out = bootstrapped_estimates(chosen, columns, mu, confidence, bootstrap_samples, seed, boot=boot)
     if "magic" in out and _finite(out["magic"]) and _finite(out["wdr"]):

@@ -22,6 +22,7 @@ from contracts import ActionKind
 from contracts.actions import ACTION_LOG_DENSITY_COLUMN, ACTION_VECTOR_COLUMN
 from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
+from evaluation.health import TargetOverlap, check_data_health
 from evaluation.joint_models import JointDesign, quadratic_features
 from evaluation.kernel import choose_bandwidth, describe_smoothing, kernel_weights
 from evaluation.kinds import EvaluatedPolicy
@@ -145,4 +146,7 @@ def evaluate_action_samples(
         action_dimensions=dimension_summaries(names, actions, target_mean, np.mean(draws**2, axis=0)),
         kernel=describe_smoothing(weights, bandwidth, sigma, rule, draws.shape[0]),
     )
-    return report_from_scores(frame, KIND, scored, model_version, config)
+    report = report_from_scores(frame, KIND, scored, model_version, config)
+    overlap = TargetOverlap(weights=weights)
+    health = check_data_health(frame, config.health, KIND, overlap=overlap, feature_names=spec.feature_names)
+    return report.model_copy(update={"data_health": health})

@@ -17,6 +17,7 @@ from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
 from evaluation.estimators import importance_weights, logged_columns
 from evaluation.fqe import fitted_q_evaluation
+from evaluation.health import TargetOverlap, check_data_health
 from evaluation.joint_models import second_order_state
 from evaluation.kinds import EvaluatedPolicy
 from evaluation.refit import LinearDesign
@@ -31,7 +32,7 @@ from evaluation.scoring import (
     row_names,
 )
 from features import NormalizationSpec, build_feature_matrix, normalize
-from trainer.data import feature_maps
+from trainer.data import build_possible_mask, feature_maps
 
 LOGGED_COLUMNS = ("action", "action_probability", "possible_actions")
 # Fewer rows than this per coefficient of the second-order heads: the heads stay linear in the state.
@@ -125,8 +126,9 @@ def evaluate_probabilities(
     reward_fit = cross_fit_reward_model(x, a, reward, episode, actions, config.reward_model, seed=config.seed)
     fqe = fitted_q_evaluation(x, episode, a, reward, pi, config.gamma, config.fqe, config.seed)
     rows = np.arange(len(frame))
+    weights = importance_weights(pi, a, mu)
     scored = ScoredDecisions(
-        weights=importance_weights(pi, a, mu),
+        weights=weights,
         propensity=mu,
         reward_logged=reward_fit.q_hat[rows, a],
         reward_target=np.sum(pi * reward_fit.q_hat, axis=1),
@@ -137,7 +139,15 @@ def evaluate_probabilities(
         design=LinearDesign.per_action(x, a, pi, episode, reward),
         actions=_action_summaries(actions, a, pi, reward, reward_fit.q_hat),
     )
-    return report_from_scores(frame, ActionKind.DISCRETE, scored, model_version, config)
+    report = report_from_scores(frame, ActionKind.DISCRETE, scored, model_version, config)
+    offered, _ = build_possible_mask(frame["possible_actions"], actions)
+    overlap = TargetOverlap(
+        weights=weights, offered_mass=np.sum(pi * offered, axis=1), offered_known=offered.any(axis=1)
+    )
+    health = check_data_health(
+        frame, config.health, ActionKind.DISCRETE, overlap=overlap, feature_names=spec.feature_names
+    )
+    return report.model_copy(update={"data_health": health})
 
 
 def _action_summaries(

@@ -20,6 +20,7 @@ from contracts import ActionKind
 from contracts.actions import POSSIBLE_ACTION_FEATURES_COLUMN
 from evaluation.config import EvaluationConfig
 from evaluation.errors import EvaluationError
+from evaluation.health import TargetOverlap, check_data_health
 from evaluation.joint_models import JointDesign, quadratic_features
 from evaluation.kinds import EvaluatedPolicy
 from evaluation.report import CpeReport
@@ -174,11 +175,12 @@ def evaluate_candidate_probabilities(
     for k in range(pi.shape[1]):
         target_design += pi[:, k : k + 1] * quadratic_features(state, action_z[:, k])
     filled = np.nan_to_num(raw)
+    weights = pi[rows, chosen] / mu
     scored = score_joint_design(
         frame,
         JointDesign(logged=logged_design, target=target_design),
         config,
-        weights=pi[rows, chosen] / mu,
+        weights=weights,
         propensity=mu,
         action_dimensions=dimension_summaries(
             names,
@@ -187,4 +189,8 @@ def evaluate_candidate_probabilities(
             np.einsum("nk,nkg->ng", pi, filled**2),
         ),
     )
-    return report_from_scores(frame, KIND, scored, model_version, config)
+    report = report_from_scores(frame, KIND, scored, model_version, config)
+    # Every row offers its candidates, and the target lives on them (padding is 0).
+    overlap = TargetOverlap(weights=weights, offered_mass=pi.sum(axis=1))
+    health = check_data_health(frame, config.health, KIND, overlap=overlap, feature_names=spec.feature_names)
+    return report.model_copy(update={"data_health": health})

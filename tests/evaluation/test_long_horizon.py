@@ -25,6 +25,7 @@ from evaluation import (
     gate_model,
 )
 from evaluation.estimators import Estimate, bootstrap_counts, interval
+from evaluation.pareto import pareto_k
 from evaluation.sequential import weighted_sequential_estimates
 from features import fit_normalization, frame_from_feature_maps
 
@@ -146,6 +147,27 @@ def test_wdr_equals_the_plain_formula_when_nothing_overflows() -> None:
         [np.sum(gamma ** np.arange(k) * w[i, :k] * reward[episode == i]) for i, k in enumerate(lengths)]
     )
     assert e["pdis"].value == pytest.approx(pdis, rel=1e-10)
+    # Every one of them relies on the episodes' final weights: one Pareto k̂ (`evaluation.pareto`).
+    tail = pareto_k(np.log(w[:, -1]))
+    assert tail is not None
+    assert all(e[name].pareto_k == pytest.approx(tail, abs=1e-12) for name in e)
+
+
+def test_pareto_k_of_weights_beyond_float64_comes_from_their_logs() -> None:
+    # 300 episodes of 100 steps, log ρ ~ N(7, 1): final weights near e^700 to e^750, past float64
+    # for the largest; k̂ depends only on their logs' sums.
+    rng = np.random.default_rng(11)
+    n_episodes, steps = 300, 100
+    log_rho = rng.normal(7.0, 1.0, n_episodes * steps)
+    episode = np.repeat(np.arange(n_episodes), steps)
+    zeros = np.zeros(episode.size)
+    e = weighted_sequential_estimates(
+        episode, np.exp(log_rho), zeros, zeros, np.ones(episode.size), np.full(episode.size, 0.5), 1.0
+    )
+    assert e["wdr"].max_log_weight > 709.8 and not e["pdis"].available
+    expected = pareto_k(log_rho.reshape(n_episodes, steps).sum(axis=1))
+    assert expected is not None
+    assert e["wdr"].pareto_k == pytest.approx(expected, abs=1e-9)
 
 
 def test_a_step_no_episode_reaches_makes_wdr_and_magic_unavailable() -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from evaluation import BoundMethod, EvaluationConfig, evaluate_probabilities
+from evaluation import BoundMethod, EvaluationConfig, GateConfig, evaluate_probabilities, gate_model
 from features import fit_normalization, frame_from_feature_maps
 
 
@@ -225,3 +225,44 @@ def test_second_order_drops_products_that_carry_nothing() -> None:
     expected = np.column_stack([x, z * z, z * u, z * (1 - u), z * b, u * b, (1 - u) * b])
     assert design.shape == (50, 10)
     assert np.array_equal(design, expected)
+
+
+def _sigmoid_target(x: np.ndarray, slope: float) -> np.ndarray:
+    """π(b|x) = sigmoid(slope·x) against uniform logging: per-step ratios 2π(a|x), continuous in x."""
+    p_b = 1.0 / (1.0 + np.exp(-slope * x))
+    return np.stack([1.0 - p_b, p_b], axis=1)
+
+
+def test_heavy_tailed_cumulative_weights_mark_the_sequential_estimates_unreliable() -> None:
+    # 1,000 episodes of 10 steps, a target far from uniform logging: the final weights' Pareto k̂ is
+    # 0.77 (infinite variance) while their effective sample size, 55, clears the minimum of 30.
+    frame, x = _timelines(1000, 10, 0)
+    report = _evaluate(frame, _sigmoid_target(x, 2.0))
+    wdr = report.estimates["wdr"]
+    assert wdr.effective_sample_size > 30
+    assert wdr.pareto_k == pytest.approx(0.767, abs=0.001)
+    reason = (
+        "wdr: the episodes' cumulative importance weights are too heavy-tailed to trust (Pareto k̂ = 0.77 > "
+        "0.50): their variance is infinite, so a few of the 1000 episodes decide the value"
+    )
+    assert [w for w in wdr.warnings if w.startswith(reason)], wdr.warnings
+    assert not wdr.reliable
+    for name in ("pdis", "sequential_dr"):  # the same weights
+        e = report.estimates[name]
+        assert e.pareto_k == wdr.pareto_k and any("too heavy-tailed" in w for w in e.warnings), name
+    # The headline (WDR or MAGIC) carries the reason, so the report is unreliable and the gate says why.
+    assert not report.reliable
+    assert any("too heavy-tailed to trust" in w for w in report.warnings), report.warnings
+    decision = gate_model(report, None, GateConfig(threshold=0.0, min_effective_sample_size=0.0))
+    assert not decision.approved
+    assert any("too heavy-tailed to trust" in r for r in decision.reasons), decision.reasons
+    assert decision.checked["pareto_k"] == report.headline_estimate.pareto_k
+
+
+def test_light_tailed_cumulative_weights_leave_the_sequential_estimates_alone() -> None:
+    frame, x = _timelines(1000, 5, 1)
+    report = _evaluate(frame, _sigmoid_target(x, 0.5))
+    wdr = report.estimates["wdr"]
+    assert wdr.pareto_k is not None and wdr.pareto_k < 0.5
+    assert wdr.reliable, wdr.warnings
+    assert not any("heavy-tailed" in w for e in report.estimates.values() for w in e.warnings)
