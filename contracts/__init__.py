@@ -8,6 +8,7 @@ from contracts.events import (
     DecisionEvent,
     RewardEvent,
     Topics,
+    reward_value,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "RewardEvent",
     "StreamrlError",
     "Topics",
+    "reward_value",
 ]

@@ -8,6 +8,7 @@ sentinel number.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -148,22 +149,32 @@ _KIND_CHECKS = {
 
 
 class RewardEvent(_Event):
-    """A reward (and optional named metrics) observed after a decision, joined by request id."""
+    """A reward and/or named metrics observed after a decision, joined by request id.
+
+    An app whose manifest defines its reward as a weighted sum of metrics (`reward.metrics`) may
+    send only `metrics`; the loop computes the reward with `reward_value`. Otherwise `reward` is it.
+    """
 
     schema_version: Literal[1] = REWARD_SCHEMA_VERSION
     request_id: NonEmptyStr
     timestamp: datetime
-    reward: float
+    reward: float | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
 
     _utc = field_validator("timestamp")(_require_utc)
 
     @field_validator("reward")
     @classmethod
-    def _finite_reward(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite_reward(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
             raise ValueError(f"reward must be a finite number, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _carries_something(self) -> RewardEvent:
+        if self.reward is None and not self.metrics:
+            raise ValueError("a reward event needs `reward` or at least one entry in `metrics`")
+        return self
 
     @field_validator("metrics")
     @classmethod
@@ -200,3 +211,12 @@ class Topics(BaseModel):
 
 
 DEFAULT_TOPICS = Topics()
+
+
+def reward_value(event: RewardEvent, weights: Mapping[str, float] | None) -> float | None:
+    """The reward an event carries for an app: Σ weight × metric over `weights` (a metric the event
+    lacks counts 0) when the app defines its reward from metrics, else the event's own `reward`
+    (None when it has none: the event cannot be scored and is dead-lettered)."""
+    if not weights:
+        return event.reward
+    return float(sum(weight * event.metrics.get(name, 0.0) for name, weight in weights.items()))

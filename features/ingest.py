@@ -83,7 +83,7 @@ def run_online_ingest(
     consumer = KafkaConsumer(
         topics.decisions,
         bootstrap_servers=bootstrap_servers,
-        group_id=CONSUMER_GROUP,
+        group_id=f"{CONSUMER_GROUP}.{config.project}",  # one group per Feast project (app)
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=6000,

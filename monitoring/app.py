@@ -33,7 +33,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from contracts import DecisionEvent, RewardEvent
+from contracts import DecisionEvent, RewardEvent, reward_value
 from monitoring.config import MonitoringConfig
 from monitoring.metrics import DECISION_DIGEST, DecisionDigest, VersionWindows, digest_decision
 
@@ -146,6 +146,10 @@ def create_app(config: MonitoringConfig) -> faust.App:
             except ValidationError:
                 stats.invalid_rewards += 1
                 continue
+            value = reward_value(event, config.reward_metrics)
+            if value is None:  # no reward and no metrics to compute it from (the stream dead-letters it)
+                stats.invalid_rewards += 1
+                continue
             stats.rewards += 1
             await by_request.send(
                 key=event.request_id,
@@ -153,7 +157,7 @@ def create_app(config: MonitoringConfig) -> faust.App:
                     "kind": "reward",
                     "request_id": event.request_id,
                     "timestamp": event.timestamp.isoformat(),
-                    "reward": event.reward,
+                    "reward": value,
                 },
             )
 

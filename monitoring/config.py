@@ -38,6 +38,10 @@ class MonitoringConfig(BaseModel):
     # model (a uniform policy over [-2, 2] has log density -1.39; over [-2, 2]^6, -8.3).
     min_log_density: float | None = None
     max_reward_drop: float = Field(default=0.5, gt=0)
+    reward_metrics: dict[str, float] | None = Field(
+        default=None,
+        description="the app's reward as Σ weight × metric (`contracts.reward_value`); None: `reward`",
+    )
     loglevel: Literal["debug", "info", "warning", "error"] = "warning"
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -41,6 +42,7 @@ from serving.errors import (
     NoModelError,
     ServingError,
     ServingStartupError,
+    UnknownAppError,
     WrongKindError,
 )
 from serving.model_holder import LoadedModel, ModelHolder
@@ -60,9 +62,9 @@ from stream import EventLogError, EventLogger
 
 logger = logging.getLogger(__name__)
 
-_ENDPOINTS = frozenset(
-    {"/v1/act", "/v1/act/batch", "/v1/decisions", "/v1/decisions/batch", "/healthz", "/metrics"}
-)
+_ROUTES = ("/act", "/act/batch", "/decisions", "/decisions/batch")
+_ENDPOINTS = frozenset({*(f"/v1{route}" for route in _ROUTES), "/healthz", "/metrics"})
+_APP_PREFIX = re.compile(r"^/v1/apps/[^/]+/")
 _KIND_TAGS = frozenset(kind.value for kind in ActionKind)
 # Declared error bodies of the decision endpoints (every error is an `ErrorBody`).
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -120,7 +122,7 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            path = scope.get("path", "")
+            path = _APP_PREFIX.sub("/v1/", scope.get("path", ""), count=1)  # counted with /v1/…
             self.metrics.observe_request(
                 path if path in _ENDPOINTS else "other", status, time.perf_counter() - started
             )
@@ -146,13 +148,17 @@ def create_app(config: ServingConfig) -> FastAPI:
     for error_type in (RequestValidationError, ServingError, Exception):
         app.add_exception_handler(error_type, _handle_error)
 
-    @app.post("/v1/act", response_model=ActResponse, responses=_ERRORS)
+    # The decision routes: at /v1/… and, for a named app, also at /v1/apps/{app}/… (one serving
+    # process per app: a slow model load or a crash in one app never touches another's latency).
+    api = APIRouter()
+
+    @api.post("/act", response_model=ActResponse, responses=_ERRORS)
     async def act(body: ActRequest, request: Request) -> Any:
         """One decision, of the request's `action_kind` (discrete when absent)."""
         request.state.request_id = body.request_id
         return (await _decide(request.app.state.runtime, [body], batch=False))[0]
 
-    @app.post("/v1/act/batch", response_model=BatchActResponse, responses=_ERRORS)
+    @api.post("/act/batch", response_model=BatchActResponse, responses=_ERRORS)
     async def act_batch(body: BatchActRequest, request: Request) -> BatchActResponse:
         """Up to `max_batch` decisions scored in one ONNX call."""
         runtime: _Runtime = request.app.state.runtime
@@ -160,13 +166,13 @@ def create_app(config: ServingConfig) -> FastAPI:
             raise BatchTooLargeError(len(body.requests), runtime.config.max_batch)
         return BatchActResponse(responses=await _decide(runtime, body.requests, batch=True))
 
-    @app.post("/v1/decisions", response_model=LoggedDecisionResponse, responses=_ERRORS)
+    @api.post("/decisions", response_model=LoggedDecisionResponse, responses=_ERRORS)
     async def log_decision(body: LoggedDecision, request: Request) -> LoggedDecisionResponse:
         """Log-only mode: log a decision the app took itself; answer what the deployed model would do."""
         request.state.request_id = body.request_id
         return (await _log_app_decisions(request.app.state.runtime, [body], batch=False))[0]
 
-    @app.post("/v1/decisions/batch", response_model=BatchLoggedDecisionResponse, responses=_ERRORS)
+    @api.post("/decisions/batch", response_model=BatchLoggedDecisionResponse, responses=_ERRORS)
     async def log_decisions(
         body: BatchLoggedDecisionRequest, request: Request
     ) -> BatchLoggedDecisionResponse:
@@ -177,6 +183,20 @@ def create_app(config: ServingConfig) -> FastAPI:
         return BatchLoggedDecisionResponse(
             responses=await _log_app_decisions(runtime, body.decisions, batch=True)
         )
+
+    @api.get("/healthz", response_model=HealthStatus, include_in_schema=False)
+    async def app_healthz(request: Request) -> JSONResponse:
+        return await healthz(request)
+
+    app.include_router(api, prefix="/v1")
+    if config.app is not None:
+        app.include_router(api, prefix=f"/v1/apps/{config.app}")
+
+    @app.api_route("/v1/apps/{other}/{rest:path}", methods=["GET", "POST"], include_in_schema=False)
+    async def other_app(other: str, rest: str) -> Any:
+        if other == config.app:  # this app, but no such route or method
+            raise HTTPException(404, f"no route {rest!r} for app {other!r}; see /docs")
+        raise UnknownAppError(other, config.app)
 
     @app.get("/healthz", response_model=HealthStatus)
     async def healthz(request: Request) -> JSONResponse:

@@ -60,6 +60,11 @@ class ServingConfig(_Section):
     """Where to listen, which registry to follow, where decisions go and where features come from."""
 
     schema_version: Literal[1] = 1
+    app: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="the app served: its routes are also at /v1/apps/{app}/… (None: /v1/… only)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     registry_root: Path

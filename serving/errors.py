@@ -53,6 +53,20 @@ class BatchTooLargeError(ServingError):
         super().__init__(f"{field} has {size} items; at most max_batch={max_batch} per call. Split the batch")
 
 
+class UnknownAppError(ServingError):
+    """A request under /v1/apps/{app}/ names an app this process does not serve."""
+
+    status_code = 404
+
+    def __init__(self, app: str, served: str | None) -> None:
+        self.app = app
+        where = f"only app {served!r}" if served else "no named app (use /v1/act)"
+        super().__init__(
+            f"app {app!r} is not served here: this process serves {where}. Each app has its own serving "
+            "process and port; `streamrl status` lists them"
+        )
+
+
 class ModelLoadError(ServingError):
     """A deployed model could not be loaded or failed its probe inference (serving keeps the old one)."""
 

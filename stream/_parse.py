@@ -10,7 +10,7 @@ decisions).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -28,7 +28,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from contracts import DecisionEvent, RewardEvent
+from contracts import DecisionEvent, RewardEvent, reward_value
 from contracts.actions import (
     ACTION_FEATURES_COLUMN,
     ACTION_LOG_DENSITY_COLUMN,
@@ -118,8 +118,16 @@ _KIND_PARSERS: dict[ActionKind, Callable[[DecisionEvent], dict[str, Any]]] = {
 }
 
 
-def parse_record(topic: str, value: bytes | None, decisions_topic: str, rewards_topic: str) -> dict[str, Any]:
-    """Classify one record: the columns of `PARSED_SCHEMA` that apply (without source position)."""
+def parse_record(
+    topic: str,
+    value: bytes | None,
+    decisions_topic: str,
+    rewards_topic: str,
+    reward_weights: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """Classify one record: the columns of `PARSED_SCHEMA` that apply (without source position).
+
+    A reward's `reward` column is `contracts.reward_value` under the app's `reward_weights`."""
     if value is None or len(value) == 0:
         return {"kind": KIND_DEAD, "reason": "empty payload: expected a JSON event"}
     try:
@@ -150,17 +158,24 @@ def parse_record(topic: str, value: bytes | None, decisions_topic: str, rewards_
             "model_version": event.model_version,
             **_KIND_PARSERS[event.action_kind](event),
         }
+    value_of_reward = reward_value(reward, reward_weights)
+    if value_of_reward is None:
+        return {
+            "kind": KIND_DEAD,
+            "reason": "invalid RewardEvent: no `reward`, and the app defines no reward metrics to compute "
+            "it from (manifest `reward.metrics`)",
+        }
     return {
         "kind": KIND_REWARD,
         "request_id": reward.request_id,
         "timestamp": reward.timestamp,
-        "reward": reward.reward,
+        "reward": value_of_reward,
         "metrics": list(reward.metrics.items()),
     }
 
 
 def make_parser(
-    decisions_topic: str, rewards_topic: str
+    decisions_topic: str, rewards_topic: str, reward_weights: Mapping[str, float] | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The `mapInArrow` function turning `KAFKA_RECORD_SCHEMA` batches into `PARSED_SCHEMA` ones."""
 
@@ -170,7 +185,7 @@ def make_parser(
             columns: dict[str, list[Any]] = {name: [] for name in names}
             for record in batch.to_pylist():
                 value = record["value"]
-                row = parse_record(record["topic"], value, decisions_topic, rewards_topic)
+                row = parse_record(record["topic"], value, decisions_topic, rewards_topic, reward_weights)
                 row["src_topic"] = record["topic"]
                 row["src_partition"] = record["partition"]
                 row["src_offset"] = record["offset"]

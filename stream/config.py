@@ -29,6 +29,11 @@ class StreamConfig(BaseModel):
     max_mdp_length: int | None = Field(
         default=None, gt=0, description="MDPs with more steps are outliers and are not emitted"
     )
+    reward_metrics: dict[str, float] | None = Field(
+        default=None,
+        description="the reward as Σ weight × metric of each reward event (an app manifest's `reward.metrics`); "
+        "None: the events' own `reward`",
+    )
     closed_mdp_retention_s: float = Field(
         default=7 * 24 * 3600.0,
         gt=0,

@@ -102,7 +102,8 @@ class TimelineBatchProcessor:
         if idle and self._next_deadline_ms is not None and clock.clock_ms < self._next_deadline_ms:
             return  # nothing arrived and nothing can close or expire yet: state N-1 stays current
         parsed = batch.mapInArrow(
-            make_parser(self.topics.decisions, self.topics.rewards), schema=PARSED_SCHEMA
+            make_parser(self.topics.decisions, self.topics.rewards, self.config.reward_metrics),
+            schema=PARSED_SCHEMA,
         ).persist()
         try:
             self._process(batch.sparkSession, parsed, batch_id, clock.clock_ms)
