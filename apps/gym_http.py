@@ -2,8 +2,10 @@
 
 Each app asks serving for its actions over HTTP (`POST /v1/act/batch`), applies them, and logs
 each reward to Kafka with the app-side `EventLogger`, joined to serving's logged decision by
-request id, exactly as `apps.notification_app` does. Serving logs the decisions itself. Nothing
-here reads streamrl internals (no `trainer`): the apps see only the HTTP API and the event types.
+request id. Serving logs the decisions itself. Nothing here reads streamrl internals (no
+`trainer`): the apps see only the HTTP API and the event types. (The example apps of
+`streamrl up`, `apps/notifications|video_bitrate|recommender`, go further: plain JSON on Kafka,
+no streamrl import at all.)
 
 | app | kind | request adds | what the app applies |
 | --- | --- | --- | --- |

@@ -15,7 +15,23 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from contracts import StreamrlError
-from infra.commands import demo, deploy, features, monitor, refresh, rollback, serve, stack, stream, train
+from infra.commands import (
+    demo,
+    deploy,
+    down,
+    features,
+    init,
+    monitor,
+    refresh,
+    rollback,
+    schedule,
+    serve,
+    stack,
+    status,
+    stream,
+    train,
+    up,
+)
 
 
 class Command(Protocol):
@@ -31,6 +47,10 @@ class Command(Protocol):
 
 # Listed in `streamrl --help` in this order: the stack, the loop's long-running jobs, then one-off steps.
 COMMANDS: dict[str, Command] = {
+    "init": init,
+    "up": up,
+    "status": status,
+    "down": down,
     "stack": stack,
     "demo": demo,
     "stream": stream,
@@ -38,6 +58,7 @@ COMMANDS: dict[str, Command] = {
     "monitor": monitor,
     "train": train,
     "refresh": refresh,
+    "schedule": schedule,
     "deploy": deploy,
     "rollback": rollback,
     "features": features,

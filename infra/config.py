@@ -13,7 +13,6 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from apps.notifications import FEATURE_NAMES, NotificationSimConfig
 from contracts import DEFAULT_TOPICS, ActionKind, StreamrlError, Topics
 from contracts.config_file import read_yaml_mapping, validation_error
 from evaluation.config import EvaluationConfig
@@ -50,11 +49,21 @@ class StreamSection(_Section):
     mdp_idle_timeout_s: float = Field(5.0, gt=0)
     trigger_interval_s: float = Field(2.0, gt=0)
     max_rows_per_batch: int | None = Field(None, gt=0)
+    max_mdp_length: int | None = Field(None, gt=0, description="longer MDPs are outliers and are not emitted")
+    closed_mdp_retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="how long closed MDP ids are kept to dead-letter late decisions"
+    )
+    reward_metrics: dict[str, float] | None = Field(
+        None, description="the reward as Σ weight × metric of each reward event; None: the events' `reward`"
+    )
 
 
 class FeatureStoreSection(_Section):
     project: str = Field("streamrl", pattern=r"^[a-z][a-z0-9_]*$")
-    feature_names: list[str] = Field(default_factory=lambda: list(FEATURE_NAMES), min_length=1)
+    # The context features stored and looked up per entity; an app manifest's `features` fill it
+    # (`streamrl … --app`). None: no feature store (requests carry their features).
+    feature_names: list[str] | None = Field(None, min_length=1)
+    feature_view: str = Field("context", pattern=r"^[a-z][a-z0-9_]*$")
     # `{type: feast}` (the Feast client) or `{type: redis}` (pipelined reads, ~5× faster for batches)
     online_reader: OnlineReaderConfig = Field(default_factory=FeastReaderConfig)
     ttl_s: int = Field(7 * 24 * 3600, gt=0)
@@ -67,6 +76,10 @@ class ServingSection(_Section):
     poll_interval_s: float = Field(1.0, gt=0)
     max_batch: int = Field(1000, ge=1, le=10_000)
     seed: int | None = 1234
+    decision_queue_size: int = Field(10_000, ge=1)
+    decision_enqueue_timeout_s: float = Field(10.0, ge=0)
+    log_flush_interval_s: float = Field(0.2, gt=0)
+    log_flush_timeout_s: float = Field(10.0, gt=0)
     # Day 0 and the served kind: what `/v1/act` does with no model (`none`: 503, `uniform`), the
     # only kind served (None: the first model's), and the continuous action box (see ServingConfig).
     fallback: FallbackConfig = Field(default_factory=NoFallbackConfig)
@@ -99,13 +112,18 @@ class MonitoringSection(_Section):
 
 
 class DemoSection(_Section):
+    """`streamrl demo` (infra/demo.py): the notifications example app (apps/notifications: its manifest
+    and simulator) through `streamrl up`, for `days` simulated days of `users` users."""
+
     days: int = Field(3, ge=1, le=30)
-    simulator: NotificationSimConfig = Field(default_factory=NotificationSimConfig)
+    users: int = Field(4000, ge=1)
+    day_timeout_s: float = Field(
+        900.0, gt=0, description="how long one day may take: its timeline rows, then the scheduler's refresh"
+    )
+    # How models explore when `streamrl refresh` runs without --app (an app's manifest has `exploration`).
     learned_exploration: ExplorationConfig = Field(
         default_factory=lambda: EpsilonGreedyExploration(epsilon=0.05)
     )
-    request_batch_size: int = Field(500, ge=1)
-    timelines_wait_s: float = Field(240.0, gt=0, description="how long to wait for a day's timelines")
 
 
 class StreamrlConfig(_Section):
@@ -113,6 +131,8 @@ class StreamrlConfig(_Section):
 
     schema_version: Literal[1] = 1
     run_dir: Path = Path("runs/demo")
+    # Where each app of `streamrl up` lives: <apps_dir>/<app>/ (timelines, registry, reports, logs).
+    apps_dir: Path = Path("runs/apps")
     stack: StackConfig = Field(default_factory=StackConfig)
     topics: Topics = DEFAULT_TOPICS
     stream: StreamSection = Field(default_factory=StreamSection)

@@ -1,10 +1,24 @@
-"""`streamrl demo`: the whole loop on the embedded local stack, for N simulated days.
+"""`streamrl demo`: the notifications example app run through `streamrl up`, one simulated day at a time.
 
-Until a model is approved the app decides with its own hand-written rule and logs each decision
-through serving's log-only `POST /v1/decisions`; every night the refresh trains a candidate on
-all timelines so far, evaluates it counterfactually on what the logging policy (the rule, or
-the deployed model) logged that day, and deploys it only if the gate approves. Serving
-hot-swaps it before the next day, and from then on the app asks `POST /v1/act/batch`.
+The demo does what a user of apps/notifications would do, and nothing beside it: `streamrl up` the
+app's manifest (serving, the timeline job, feature ingest, the monitor and the refresh scheduler,
+each its own process, recorded under `<run_dir>/notifications/`), run the app's simulator once per
+day, and let the scheduler refresh after each day. Per day it
+
+1. waits until serving serves what the registry deploys: a model a refresh approved, or none;
+2. runs `apps/notifications/simulator.py --day N` as a subprocess, as a user would. While no model
+   is deployed the app decides by its hand-written rule and logs each decision through
+   `POST /v1/apps/notifications/decisions/batch`; once one is, it asks `/act/batch`. It sends the
+   rewards to Kafka and prints the day: realized reward, the rule's and the oracle's exact values;
+3. waits for the scheduler's row-triggered refresh of that day. The demo's copy of the manifest
+   (`<run_dir>/manifest.yaml`) sets `refresh.every_new_rows` to one day's decisions (users × 4
+   slots) and no daily time, so the refresh starts once every decision of the day is a timeline
+   row, trains on every day so far and evaluates on what the logging policy logged;
+4. reads what the refresh did from the scheduler's state (`scheduler/state.json`) and the
+   candidate's CPE report and gate decision (`reports/<candidate>/`).
+
+It prints the table, writes `<run_dir>/summary.json`, and at the end `streamrl down`s the app (and
+the stack, if `up` started it; a stack that was up before stays up).
 """
 
 from __future__ import annotations
@@ -12,33 +26,81 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import threading
+import socket
+import subprocess
+import sys
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-import pandas as pd
+import yaml
 
-from apps.notification_app import DayOutcome, run_day
-from apps.notifications import ACTIONS, NotificationSim
-from contracts import StreamrlError, Topics
-from evaluation import CpeReport
-from features import NormalizationSpec
+from apps import notifications as example_app
+from contracts import StreamrlError
+from evaluation import CpeReport, GateDecision, ReportError, load_report
+from evaluation.gate import GATE_FILE
+from infra.apps import AppsError, down, known_apps, resolve_app, status, up
+from infra.config import DemoSection, StreamrlConfig
 from infra.environment import Environment
-from infra.loop_waits import serves, wait_for_timelines, wait_serving
-from infra.processes import ManagedProcess, start_process
-from infra.refresh import RefreshResult, run_refresh
+from infra.loop_waits import serves
+from infra.manifest import AppManifest, load_manifest
+from infra.scheduler import RefreshOutcome, RefreshRecord, SchedulerPhase, read_scheduler_state
 from infra.stack import LocalStack
-from stream import EventLogger, ensure_topics, load_timelines
-from trainer import ModelRegistry
 
 Progress = Callable[[str], None]
+SLOTS_PER_DAY: int = example_app.NotificationSimConfig.model_fields["slots_per_day"].default  # the world's, 4
+CHECK_COMPONENTS_EVERY_S = 30.0
 
 
 class DemoError(StreamrlError):
-    """The demo could not complete a day (a service died or timelines never arrived)."""
+    """The demo could not complete a day (a component stopped, the simulator failed, a refresh never came)."""
+
+
+def app_folder() -> Path:
+    """apps/notifications: the example app's manifest and simulator."""
+    return Path(example_app.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What `run_demo` runs: `days` days of `users` users of the example app.
+
+    `seed`, `rule_seed` and `rule_epsilon` go to the simulator (None: its defaults, the world's
+    seed 7, rule seed 1234, ε 0.2); `manifest_overrides` are merged into the demo's copy of the
+    example manifest, key by key (a test's ports, gate and trainer)."""
+
+    days: int = 3
+    users: int = 4000
+    seed: int | None = None
+    rule_seed: int | None = None
+    rule_epsilon: float | None = None
+    batch_size: int = 500
+    day_timeout_s: float = 900.0
+    manifest_overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.days < 1 or self.users < 1 or self.batch_size < 1:
+            raise DemoError(
+                f"the demo needs days, users and batch_size >= 1, got {self.days}, {self.users}, {self.batch_size}"
+            )
+
+    @classmethod
+    def from_config(
+        cls, section: DemoSection, *, days: int | None = None, users: int | None = None
+    ) -> DemoPlan:
+        """The environment file's `demo:` section, with the command line's --days and --users."""
+        return cls(
+            days=section.days if days is None else days,
+            users=section.users if users is None else users,
+            day_timeout_s=section.day_timeout_s,
+        )
+
+    @property
+    def decisions_per_day(self) -> int:
+        return self.users * SLOTS_PER_DAY
 
 
 @dataclass(frozen=True)
@@ -46,7 +108,7 @@ class DaySummary:
     """One row of the demo table; field names are the keys of runs/demo/summary.json."""
 
     day: int
-    model_version: str  # the model that served this day
+    model_version: str  # the model that served this day, or the rule's label
     realized_reward: float  # mean reward per decision it realized
     logging_reward: float  # the hand-written rule (the day-0 logging policy) on the same users, exact
     oracle_reward: float  # best achievable on the same users, exact
@@ -59,225 +121,431 @@ class DaySummary:
     cpe_ci_low: float
     cpe_ci_high: float
     cpe_normalized: float
-    gate: str  # "approved" or "rejected"
+    gate: str  # "approved", "rejected", or "skipped" (the refresh trained nothing: gate_reasons says why)
     gate_reasons: list[str]
 
 
-def run_demo(env: Environment, *, progress: Progress = print) -> list[DaySummary]:
-    """Run `config.demo.days` days end to end; returns (and writes) the per-day summary."""
-    demo = env.config.demo
-    run_id = uuid.uuid4().hex[:8]
-    # Fresh topics per run: the broker may hold a previous run's events.
-    topics = Topics(
-        decisions=f"decisions.{run_id}",
-        rewards=f"rewards.{run_id}",
-        dead_letters=f"dead_letters.{run_id}",
-        metrics=f"metrics.{run_id}",
-    )
-    env = Environment.from_config(env.config.model_copy(update={"topics": topics}), env.run_dir)
-    if env.run_dir.exists():
-        shutil.rmtree(env.run_dir)
-    env.run_dir.mkdir(parents=True)
-    (env.run_dir / "environment.json").write_text(env.config.model_dump_json(indent=2))
-    run_args = ["-m", "infra.cli"]
-    env_args = ["--config", str(env.run_dir / "environment.yaml"), "--run-dir", str(env.run_dir)]
-    _write_yaml(env, env.run_dir / "environment.yaml")
-
+def run_demo(
+    env: Environment, plan: DemoPlan | None = None, *, progress: Progress = print
+) -> list[DaySummary]:
+    """Run `plan` (default: the environment's `demo:` section) in `env.run_dir`; returns (and writes)
+    the per-day summary. `env.config` is the base environment: the stack and the stages' defaults."""
+    plan = plan or DemoPlan.from_config(env.config.demo)
     started = time.monotonic()
-    stack = LocalStack(env.config.stack)
-    was_up = all(s.healthy for s in stack.status())
-    progress(
-        f"[stack] {'already running' if was_up else 'starting'}: broker {stack.bootstrap_servers}, redis {stack.redis_url}"
-    )
-    stack.up()
-    processes: list[ManagedProcess] = []
-    stop_ingest = threading.Event()
+    run_dir = env.run_dir
+    config = env.config.model_copy(update={"run_dir": run_dir, "apps_dir": run_dir})
+    reran = _clear_previous_run(config, progress)
+    run_dir.mkdir(parents=True)
+    config_path = _write_environment(config, run_dir / "environment.yaml")
+    manifest_path = write_demo_manifest(plan, run_dir / "manifest.yaml")
+    manifest = load_manifest(manifest_path)
+    _check_app_is_free(config, manifest, may_delete_topics=reran, progress=progress)
+    summaries: list[DaySummary] = []
     try:
-        ensure_topics(env.bootstrap_servers, topics)
-        from features import build_feature_store, run_online_ingest
+        up([manifest_path], config, config_path=config_path, progress=progress)
+        app_env = Environment.for_app(config, resolve_app(manifest.app, config))
+        from trainer import ModelRegistry
 
-        progress("[features] applying the Feast repository (Redis online store, parquet offline store)")
-        build_feature_store(env.feature_store_config())
-        registry = ModelRegistry(env.registry_dir)
-        sim = NotificationSim(demo.simulator)
-        rule = sim.rule()
+        registry = ModelRegistry(app_env.registry_dir)
         progress(
-            f"[registry] no model deployed: the app's {rule.name} (ε={rule.epsilon}) logs day 0 "
-            "through POST /v1/decisions/batch"
+            f"[demo] {plan.days} days of {plan.users} users × {SLOTS_PER_DAY} slots; the scheduler refreshes "
+            f"after every {plan.decisions_per_day} new timeline rows (one day)"
         )
-        # What /healthz names while no model is loaded: the uniform fallback's label, or none.
-        no_model = getattr(env.config.serving.fallback, "model_version", None)
-
-        serving = start_process("serving", [*run_args, "serve", *env_args], env.logs_dir / "serving.log")
-        processes.append(serving)
-        stream = start_process("stream", [*run_args, "stream", *env_args], env.logs_dir / "stream.log")
-        processes.append(stream)
-        if env.config.monitoring.enabled:
-            processes.append(
-                start_process(
-                    "monitor", [*run_args, "monitor", "--worker", *env_args], env.logs_dir / "monitor.log"
-                )
+        for day in range(plan.days):
+            deployed = registry.deployed()
+            _wait(
+                lambda version=deployed: serves(app_env.serving_url, version),
+                config,
+                manifest.app,
+                60.0,
+                f"serving {deployed or 'no model'} at {app_env.serving_url}",
             )
-        ingest = threading.Thread(
-            target=run_online_ingest,
-            args=(env.feature_store_config(), env.bootstrap_servers, topics, stop_ingest),
-            kwargs={"batch_size": 2000},
-            name="feature-ingest",
-            daemon=True,
-        )
-        ingest.start()
-        serving.wait_ready(
-            lambda: serves(env.serving_url, registry.deployed() or no_model),
-            120,
-            "GET /healthz answering",
-        )
-        progress(
-            f"[serving] {env.serving_url} ready; stream job and monitor starting (logs in {env.logs_dir})"
-        )
-
-        summaries: list[DaySummary] = []
-        previous_spec: NormalizationSpec | None = None
-        previous_report: CpeReport | None = None
-        with EventLogger(env.bootstrap_servers, topics) as logger:
-            for day in range(demo.days):
-                # The rule is the logging policy until the gate approves a model (a rejected
-                # candidate leaves nothing deployed, and the rule logs another day).
-                deployed = registry.deployed()
-                wait_serving(env.serving_url, deployed or no_model, serving)
-                served_version = deployed or rule.name
-                day_start = pd.Timestamp.now(tz="UTC")
-                how = "POST /v1/act/batch" if deployed else "the app decides, POST /v1/decisions/batch logs"
-                progress(
-                    f"[day {day}] {served_version} ({how}): {demo.simulator.n_users} users × "
-                    f"{demo.simulator.slots_per_day} slots"
+            how = (
+                f"serving decides, POST /v1/apps/{manifest.app}/act/batch"
+                if deployed
+                else f"the app decides by its rule, POST /v1/apps/{manifest.app}/decisions/batch logs"
+            )
+            progress(f"[day {day}] {deployed or 'no model deployed'} ({how})")
+            before = read_scheduler_state(app_env.run_dir)
+            last_turn = before.last_refresh.started_at if before and before.last_refresh else None
+            day_started = time.monotonic()
+            outcome = _simulate(plan, app_env, manifest_path, day, run_dir / "simulator")
+            progress(
+                f"[day {day}] {outcome['decisions']} decisions by {_served_by(outcome)} in "
+                f"{time.monotonic() - day_started:.1f}s, realized {outcome['realized_reward']:.4f} per decision "
+                f"(sent {outcome['send_share']:.0%}); waiting for the scheduler's refresh of the day"
+            )
+            if outcome["decisions"] != plan.decisions_per_day:
+                raise DemoError(
+                    f"day {day}: the simulator made {outcome['decisions']} decisions, not the "
+                    f"{plan.decisions_per_day} the manifest's every_new_rows waits for"
                 )
-                day_started = time.monotonic()
-                outcome = run_day(
-                    sim,
-                    day,
-                    env.serving_url,
-                    logger,
-                    rule=None if deployed else rule,
-                    batch_size=demo.request_batch_size,
-                )
-                progress(
-                    f"[day {day}] {outcome.decisions} decisions in {time.monotonic() - day_started:.1f}s, "
-                    f"realized mean reward {outcome.realized_reward:.4f} (sent {outcome.send_share:.0%}); "
-                    "waiting for the stream to close the day's MDPs"
-                )
-                day_rows = wait_for_timelines(
-                    env,
-                    outcome.request_ids,
-                    day_start,
-                    [stream, serving],
-                    demo.timelines_wait_s,
-                    what=f"day {outcome.day.index}",
-                    error=DemoError,
-                )
-                training_rows = load_timelines(env.stream_config().output_dir)
-                # CPE compares the candidate with the policy that logged the evaluation rows, so it
-                # may pool every day that policy served: more episodes, a narrower interval.
-                evaluation_rows = training_rows[training_rows["model_version"] == served_version]
-                progress(
-                    f"[night {day}] refresh: {len(training_rows)} timeline rows to train on, "
-                    f"{len(evaluation_rows)} logged by {served_version} to evaluate on"
-                )
-                result = run_refresh(
-                    env,
-                    training_rows,
-                    evaluation_rows,
-                    ACTIONS,
-                    demo.learned_exploration,
-                    label=f"day{day}",
-                    previous_spec=previous_spec,
-                    previous_report=previous_report,
-                )
-                summary = _summarize(sim, day, outcome, served_version, day_rows, result)
-                summaries.append(summary)
-                _report_night(progress, result, summary)
-                previous_spec = result.spec
-                if result.decision.approved:
-                    previous_report = result.report
-                _write_summary(env, summaries)
+            record = _wait_for_refresh(config, app_env, manifest.app, last_turn, day, plan, progress)
+            request_ids = Path(outcome["request_ids_file"]).read_text().split()
+            summary = _summarize(app_env, day, outcome, record, _timeline_rows(app_env, request_ids))
+            summaries.append(summary)
+            _report_night(progress, app_env, record, summary)
+            _write_summary(run_dir, summaries)
         progress("")
         progress(format_summary(summaries))
         for line in cpe_checks(summaries):
             progress(line)
         progress("")
-        progress(f"summary:      {env.run_dir / 'summary.json'}")
-        progress(f"CPE reports:  {env.reports_dir}/<model>/cpe_report.json, gate.json")
-        progress(f"TensorBoard:  tensorboard --logdir {env.tensorboard_dir}")
+        progress(f"summary:      {run_dir / 'summary.json'}")
+        progress(f"CPE reports:  {app_env.reports_dir}/<model>/cpe_report.json, gate.json")
         progress(
-            f"monitoring:   streamrl monitor --once --run-dir {env.run_dir} --config {env.run_dir / 'environment.yaml'}"
+            f"refreshes:    {app_env.run_dir / 'scheduler' / 'state.json'}, {app_env.logs_dir}/scheduler.log"
+        )
+        progress(f"TensorBoard:  tensorboard --logdir {app_env.tensorboard_dir}")
+        progress(
+            f"monitoring:   streamrl monitor --once --app {manifest.app} --config {config_path} "
+            "(while the stack is up)"
         )
         progress(f"total time {time.monotonic() - started:.0f}s")
         return summaries
     finally:
-        stop_ingest.set()
-        for process in reversed(processes):
-            process.stop()
-        if not was_up:
-            stack.down()
+        try:
+            down(config, [manifest.app], progress=progress)
+        except AppsError as exc:  # `up` failed before recording the app: nothing of it to stop
+            progress(f"[demo] nothing to stop: {exc}")
 
 
-# --- steps --------------------------------------------------------------------------------------
-def _summarize(
-    sim: NotificationSim,
+# --- before the first day -------------------------------------------------------------------------
+def _clear_previous_run(config: StreamrlConfig, progress: Progress) -> bool:
+    """Stop what an earlier demo in this folder left running, then delete the folder. True when an
+    earlier demo ran here (its topics may be deleted: they hold its events)."""
+    run_dir = Path(config.apps_dir)
+    earlier = known_apps(config)
+    if earlier:
+        stopped = down(config, earlier, progress=lambda _: None)
+        progress(
+            f"[demo] deleting the earlier demo in {run_dir}"
+            + (f" (stopped what it left running: {', '.join(stopped)})" if stopped else "")
+        )
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return bool(earlier)
+
+
+def _write_environment(config: StreamrlConfig, path: Path) -> Path:
+    """The environment the app's processes run with: the base one, with apps_dir = the demo's folder."""
+    path.write_text(
+        "# Written by `streamrl demo`: the environment its app runs in (apps_dir is this folder).\n"
+        + yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)
+    )
+    return path
+
+
+def write_demo_manifest(plan: DemoPlan, path: Path) -> Path:
+    """The example manifest, `plan.manifest_overrides` merged in key by key, set to refresh once per
+    simulated day: every `users × 4` new timeline rows, no daily time (a demo day lasts seconds)."""
+    source = app_folder() / "manifest.yaml"
+    data = _merged(yaml.safe_load(source.read_text()), plan.manifest_overrides)
+    refresh = data.setdefault("refresh", {})
+    per_day = plan.decisions_per_day
+    refresh.update(
+        every_new_rows=per_day,
+        daily_at_utc=None,
+        min_training_rows=min(int(refresh.get("min_training_rows", per_day)), per_day),
+    )
+    path.write_text(
+        f"# Written by `streamrl demo` from {source}: one refresh per simulated day of {plan.users} users\n"
+        f"# × {SLOTS_PER_DAY} slots (refresh.every_new_rows), no daily refresh.\n"
+        + yaml.safe_dump(data, sort_keys=False)
+    )
+    return path
+
+
+def _merged(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        old = merged.get(key)
+        merged[key] = _merged(old, value) if isinstance(old, dict) and isinstance(value, Mapping) else value
+    return merged
+
+
+def _check_app_is_free(
+    config: StreamrlConfig, manifest: AppManifest, *, may_delete_topics: bool, progress: Progress
+) -> None:
+    """The app's ports must be free and, on a stack that is already up, its topics new: the timeline
+    job reads them from the beginning. An earlier demo's topics are deleted; others are refused."""
+    host = config.stack.host
+    for what, port in (("serving", manifest.serving.port), ("monitor web", manifest.monitoring.web_port)):
+        if port is not None and _answers(host, port):
+            raise DemoError(
+                f"the {what} port {host}:{port} of app {manifest.app!r} is taken by another process (is "
+                f"`streamrl up` running {app_folder() / 'manifest.yaml'}? stop it with `streamrl down "
+                f"{manifest.app}` and its --config); free it, or set another port in the manifest"
+            )
+    stack = LocalStack(config.stack)
+    if not all(s.healthy for s in stack.status()):
+        return  # `up` starts the stack; a memory broker starts empty
+    from kafka import KafkaAdminClient
+
+    from stream.topics import topic_names
+
+    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+    try:
+        left = sorted(set(topic_names(manifest.topics)) & set(admin.list_topics()))
+        if not left:
+            return
+        if not may_delete_topics:
+            raise DemoError(
+                f"topics {left} already exist on the broker at {stack.bootstrap_servers}, and no earlier demo "
+                f"ran in {config.apps_dir}: another run of app {manifest.app!r} owns them. Stop it and delete "
+                "them, or `streamrl stack down` (the memory broker forgets), then rerun the demo"
+            )
+        progress(f"[demo] deleting the earlier demo's topics {left}")
+        admin.delete_topics(left)
+        deadline = time.monotonic() + 15.0
+        while set(left) & set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"topics {left} were still listed 15 s after deleting them; see the broker log"
+                )
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
+def _answers(host: str, port: int) -> bool:
+    """Something listens on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+# --- each day -------------------------------------------------------------------------------------
+def _simulate(
+    plan: DemoPlan, env: Environment, manifest_path: Path, day: int, out_dir: Path
+) -> dict[str, Any]:
+    """Run the app's simulator for `day`, as a user would; its JSON line (also in `out_dir/day<N>.json`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        str(app_folder() / "simulator.py"),
+        "--url",
+        env.serving_url,
+        "--bootstrap",
+        env.bootstrap_servers,
+        "--day",
+        str(day),
+        "--users",
+        str(plan.users),
+        "--batch",
+        str(plan.batch_size),
+        "--manifest",
+        str(manifest_path),
+        "--request-ids",
+        str(out_dir / f"day{day}.request_ids"),
+    ]
+    for flag, value in (
+        ("--seed", plan.seed),
+        ("--rule-seed", plan.rule_seed),
+        ("--rule-epsilon", plan.rule_epsilon),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=plan.day_timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise DemoError(
+            f"day {day}: the simulator ran over {plan.day_timeout_s:.0f}s: {' '.join(argv)}"
+        ) from exc
+    if done.returncode != 0:
+        raise DemoError(
+            f"day {day}: the simulator failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}\n"
+            f"command: {' '.join(argv)}"
+        )
+    line = done.stdout.strip().splitlines()[-1]
+    (out_dir / f"day{day}.json").write_text(line + "\n")
+    return json.loads(line)
+
+
+def _served_by(outcome: Mapping[str, Any]) -> str:
+    """The policy that made most of the day's decisions (the rule's label or a model version)."""
+    versions: dict[str, int] = outcome["model_versions"]
+    return max(versions, key=lambda v: versions[v])
+
+
+def _wait(
+    probe: Callable[[], bool],
+    config: StreamrlConfig,
+    app: str,
+    timeout_s: float,
+    what: str,
+    detail: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll `probe` every second until true; fail early, with the log tail, if a component of the
+    app stopped (checked every `CHECK_COMPONENTS_EVERY_S`). A timeout says `what` and `detail()`."""
+    deadline = time.monotonic() + timeout_s
+    next_check = time.monotonic() + CHECK_COMPONENTS_EVERY_S
+    while not probe():
+        now = time.monotonic()
+        if now > deadline:
+            raise DemoError(
+                f"{what}: not within {timeout_s:.0f}s{detail()}; see the logs under "
+                f"{config.apps_dir / app / 'logs'}"
+            )
+        if now > next_check:
+            _check_components(config, app)
+            next_check = now + CHECK_COMPONENTS_EVERY_S
+        time.sleep(1.0)
+
+
+def _check_components(config: StreamrlConfig, app: str) -> None:
+    (app_status,) = status(config, [app])
+    stopped = [c for c, state in app_status.components.items() if state == "STOPPED"]
+    if stopped:
+        logs = config.apps_dir / app / "logs"
+        tails = "\n".join(
+            f"--- {logs / f'{c}.log'}:\n" + "\n".join(_read(logs / f"{c}.log").splitlines()[-25:])
+            for c in stopped
+        )
+        raise DemoError(f"app {app}: {', '.join(stopped)} stopped\n{tails}")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "<no log>"
+
+
+def _wait_for_refresh(
+    config: StreamrlConfig,
+    env: Environment,
+    app: str,
+    last_turn: datetime | None,
     day: int,
-    outcome: DayOutcome,
-    served_version: str,
-    day_rows: pd.DataFrame,
-    result: RefreshResult,
+    plan: DemoPlan,
+    progress: Progress,
+) -> RefreshRecord:
+    """Until the scheduler finished a refresh turn that began after `last_turn`; its record."""
+    announced = False
+    record: RefreshRecord | None = None
+
+    def refreshed() -> bool:
+        nonlocal announced, record
+        state = read_scheduler_state(env.run_dir)
+        if state is None:
+            return False
+        last = state.last_refresh
+        if last is not None and last.started_at != last_turn:
+            record = last
+            return True
+        if state.phase is SchedulerPhase.REFRESHING and not announced:
+            announced = True
+            progress(
+                f"[night {day}] the row trigger fired at {state.timeline_rows} timeline rows: the scheduler "
+                "refreshes (spec, train, CPE, gate)"
+            )
+        return False
+
+    def rows_so_far() -> str:
+        state = read_scheduler_state(env.run_dir)
+        seen = state.rows.rows_since_last if state is not None else 0
+        return f" ({seen} of the day's {plan.decisions_per_day} decisions are timeline rows)"
+
+    _wait(refreshed, config, app, plan.day_timeout_s, f"day {day}'s refresh", rows_so_far)
+    assert record is not None
+    if record.outcome is RefreshOutcome.FAILED:
+        raise DemoError(
+            f"night {day}: the refresh failed: {record.error}; see {env.logs_dir / 'scheduler.log'} "
+            f"and {env.reports_dir / 'alerts.jsonl'}"
+        )
+    return record
+
+
+def _timeline_rows(env: Environment, request_ids: list[str]) -> int:
+    """How many of the day's decisions are timeline rows."""
+    from stream import load_timelines
+
+    rows = load_timelines(env.stream_config().output_dir)
+    return int(rows["request_id"].isin(set(request_ids)).sum()) if len(rows) else 0
+
+
+def _summarize(
+    env: Environment, day: int, outcome: Mapping[str, Any], record: RefreshRecord, timeline_rows: int
 ) -> DaySummary:
-    logging_reward = sim.policy_value(outcome.day, sim.rule().send_probability)
-    oracle_reward = sim.oracle_value(outcome.day)
+    realized, logging_reward = outcome["realized_reward"], outcome["rule_reward"]
+    oracle_reward = outcome["oracle_reward"]
     gap = oracle_reward - logging_reward
     nan = float("nan")
-    report = result.report
+    candidate = record.chosen_version or (record.candidate_versions[0] if record.candidate_versions else "")
+    report = _report(env, candidate)
+    decision = _gate_decision(env, candidate)
     head = report.headline_estimate if report is not None else None
-    # A sequential headline values the undiscounted return of a user's day (evaluation.gamma 1):
-    # divided by the decisions per day, it is the mean reward per decision that `realized` measures.
+    # A sequential headline values the undiscounted return of a user's day (gate.gamma 1): divided
+    # by the decisions per day, it is the mean reward per decision that `realized` measures.
     per_decision = 1.0
     if report is not None and report.problem == "multi_step" and report.headline != "dm":
         per_decision = report.n_episodes / report.n_decisions if report.gamma == 1.0 else nan
+    if decision is not None:
+        gate, reasons = ("approved" if decision.approved else "rejected"), list(decision.reasons)
+    else:
+        gate, reasons = record.outcome.value, list(record.reasons)
     return DaySummary(
         day=day,
-        model_version=served_version,
-        realized_reward=outcome.realized_reward,
+        model_version=_served_by(outcome),
+        realized_reward=realized,
         logging_reward=logging_reward,
         oracle_reward=oracle_reward,
-        gap_closed=(outcome.realized_reward - logging_reward) / gap if gap > 0 else nan,
-        decisions=outcome.decisions,
-        timeline_rows=len(day_rows),
-        candidate_version=result.candidate.version,
+        gap_closed=(realized - logging_reward) / gap if gap > 0 else nan,
+        decisions=outcome["decisions"],
+        timeline_rows=timeline_rows,
+        candidate_version=candidate,
         cpe_estimator=report.headline if report is not None else "",
         cpe_estimate=head.value * per_decision if head and head.value is not None else nan,
         cpe_ci_low=head.ci_low * per_decision if head and head.ci_low is not None else nan,
         cpe_ci_high=head.ci_high * per_decision if head and head.ci_high is not None else nan,
         cpe_normalized=head.normalized if head and head.normalized is not None else nan,
-        gate="approved" if result.decision.approved else "rejected",
-        gate_reasons=list(result.decision.reasons),
+        gate=gate,
+        gate_reasons=reasons,
     )
 
 
-def _report_night(progress: Progress, result: RefreshResult, summary: DaySummary) -> None:
-    if result.spec_diff is not None and result.spec_diff.has_changes:
-        progress(f"    normalization spec changed: {result.spec_diff.summary()}")
-    progress(f"    spec {result.spec.version} -> {result.spec_path}")
-    if result.feature_report is not None:
-        progress(f"    feature report {result.feature_report}")
+def _report(env: Environment, version: str) -> CpeReport | None:
+    if not version:
+        return None
+    try:
+        return load_report(env.reports_dir / version)
+    except ReportError:
+        return None
+
+
+def _gate_decision(env: Environment, version: str) -> GateDecision | None:
+    path = env.reports_dir / version / GATE_FILE
+    if not version or not path.is_file():
+        return None
+    return GateDecision.model_validate_json(path.read_text())
+
+
+def _report_night(progress: Progress, env: Environment, record: RefreshRecord, summary: DaySummary) -> None:
+    took = (record.finished_at - record.started_at).total_seconds()
     progress(
-        f"    candidate {summary.candidate_version}: TD loss "
-        f"{result.candidate.training_metrics.get('train/td_loss', float('nan')):.4f}"
+        f"[night {summary.day}] refresh ({record.trigger.value} trigger) in {took:.0f}s: trained on "
+        f"{record.training_rows} rows, evaluated on the {record.evaluation_rows} logged by {record.logging_policy}"
     )
-    if result.report is not None:
-        progress(f"    CPE: {result.report.verdict}")
+    if summary.candidate_version:
+        from trainer import ModelRegistry
+
+        metrics = ModelRegistry(env.registry_dir).metadata(summary.candidate_version).training_metrics
+        progress(
+            f"    candidate {summary.candidate_version}: TD loss {metrics.get('train/td_loss', float('nan')):.4f}"
+        )
+    report = _report(env, summary.candidate_version)
+    if report is not None:
+        progress(f"    CPE: {report.verdict}")
     progress(
         f"    gate: {summary.gate}"
         + (f" ({'; '.join(summary.gate_reasons)})" if summary.gate_reasons else "")
     )
 
 
+# --- the table ------------------------------------------------------------------------------------
 def format_summary(rows: list[DaySummary]) -> str:
     header = (
         "day",
@@ -300,7 +568,7 @@ def format_summary(rows: list[DaySummary]) -> str:
                 f"{r.logging_reward:.4f}",
                 f"{r.oracle_reward:.4f}",
                 f"{r.gap_closed:.0%}",
-                r.candidate_version,
+                r.candidate_version or "-",
                 f"{r.cpe_estimate:.4f} [{r.cpe_ci_low:.4f}, {r.cpe_ci_high:.4f}]",
                 r.gate,
             )
@@ -327,9 +595,9 @@ def cpe_checks(rows: list[DaySummary]) -> list[str]:
     return lines
 
 
-def _write_summary(env: Environment, rows: list[DaySummary]) -> Path:
+def _write_summary(run_dir: Path, rows: list[DaySummary]) -> Path:
     """A JSON list with one object per day (strict JSON: NaN becomes null)."""
-    path = env.run_dir / "summary.json"
+    path = run_dir / "summary.json"
     days = [{"schema_version": 1, **{k: _json_safe(v) for k, v in asdict(r).items()}} for r in rows]
     path.write_text(json.dumps(days, indent=2, allow_nan=False))
     return path
@@ -339,9 +607,3 @@ def _json_safe(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _write_yaml(env: Environment, path: Path) -> None:
-    import yaml
-
-    path.write_text(yaml.safe_dump(json.loads(env.config.model_dump_json())))

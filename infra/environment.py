@@ -9,8 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from contracts import StreamrlError
+from evaluation.config import GateConfig
 from features import FeatureStoreConfig
 from infra.config import StreamrlConfig
+from infra.manifest import AppManifest, ContinuousActions, forced_types
 from monitoring.config import MonitoringConfig
 from serving.config import ServingConfig
 from stream.config import StreamConfig
@@ -22,10 +25,21 @@ class Environment:
 
     config: StreamrlConfig
     run_dir: Path
+    manifest: AppManifest | None = None  # the app this environment runs (None: the environment file alone)
 
     @classmethod
     def from_config(cls, config: StreamrlConfig, run_dir: Path | None = None) -> Environment:
         return cls(config=config, run_dir=Path(run_dir or config.run_dir).resolve())
+
+    @classmethod
+    def for_app(cls, base: StreamrlConfig, manifest: AppManifest) -> Environment:
+        """One app on the stack of `base`: its own topics, folder, Feast project and ports."""
+        config = app_config(base, manifest)
+        return cls(config=config, run_dir=Path(config.run_dir).resolve(), manifest=manifest)
+
+    @property
+    def app(self) -> str | None:
+        return self.manifest.app if self.manifest is not None else None
 
     # --- folders ------------------------------------------------------------------------------
     @property
@@ -62,16 +76,27 @@ class Environment:
             mdp_idle_timeout_s=section.mdp_idle_timeout_s,
             trigger_interval_s=section.trigger_interval_s,
             max_rows_per_batch=section.max_rows_per_batch,
+            max_mdp_length=section.max_mdp_length,
+            closed_mdp_retention_s=section.closed_mdp_retention_s,
+            reward_metrics=section.reward_metrics,
         )
 
     def feature_store_config(self) -> FeatureStoreConfig:
         stack = self.config.stack
+        section = self.config.feature_store
+        if section.feature_names is None:
+            raise MissingSettingError(
+                "no context features are configured: pass --app MANIFEST (its `features`) or set "
+                "feature_store.feature_names in the environment file"
+            )
         return FeatureStoreConfig(
             repo_dir=self.run_dir / "feature_repo",
-            project=self.config.feature_store.project,
+            project=section.project,
             redis_connection=f"{stack.host}:{stack.redis_port}",
             offline_dir=self.run_dir / "offline_features",
-            feature_names=list(self.config.feature_store.feature_names),
+            feature_view=section.feature_view,
+            push_source=f"{section.feature_view}_push",
+            feature_names=list(section.feature_names),
             ttl_s=self.config.feature_store.ttl_s,
             online_reader=self.config.feature_store.online_reader,
         )
@@ -79,15 +104,20 @@ class Environment:
     def serving_config(self) -> ServingConfig:
         section = self.config.serving
         return ServingConfig(
+            app=self.app,
             host=self.config.stack.host,
             port=section.port,
             registry_root=self.registry_dir,
             poll_interval_s=section.poll_interval_s,
             bootstrap_servers=self.bootstrap_servers,
             topics=self.config.topics,
-            feature_store=self.feature_store_config(),
+            feature_store=self.feature_store_config() if self.config.feature_store.feature_names else None,
             seed=section.seed,
             max_batch=section.max_batch,
+            decision_queue_size=section.decision_queue_size,
+            decision_enqueue_timeout_s=section.decision_enqueue_timeout_s,
+            log_flush_interval_s=section.log_flush_interval_s,
+            log_flush_timeout_s=section.log_flush_timeout_s,
             fallback=section.fallback,
             action_kind=section.action_kind,
             continuous_actions=section.continuous_actions,
@@ -100,6 +130,7 @@ class Environment:
     def monitoring_config(self) -> MonitoringConfig:
         section = self.config.monitoring
         return MonitoringConfig(
+            app_id="streamrl-monitor" if self.app is None else f"streamrl-monitor-{self.app}",
             bootstrap_servers=self.bootstrap_servers,
             topics=self.config.topics,
             window_s=section.window_s,
@@ -107,5 +138,84 @@ class Environment:
             min_propensity=section.min_propensity,
             min_log_density=section.min_log_density,
             max_reward_drop=section.max_reward_drop,
+            reward_metrics=self.config.stream.reward_metrics,
             data_dir=self.run_dir / "monitor",
         )
+
+
+class MissingSettingError(StreamrlError):
+    """The environment lacks something a stage needs (e.g. the app's feature list)."""
+
+
+def app_config(base: StreamrlConfig, manifest: AppManifest) -> StreamrlConfig:
+    """The environment of one app: `base` (stack addresses, stage defaults) with the manifest's
+    choices and the app's namespace — topics `<app>.*`, folder `<apps_dir>/<app>`, Feast project
+    `<app>`. Ports the manifest leaves unset keep the environment's (`streamrl up` assigns them)."""
+    reward = manifest.reward
+    gate = manifest.gate
+    actions = manifest.actions
+    normalization = base.normalization.model_copy(
+        update={"overrides": {**base.normalization.overrides, **forced_types(manifest)}}
+    )
+    serving = base.serving.model_copy(
+        update={
+            "port": manifest.serving.port or base.serving.port,
+            "fallback": manifest.serving.day0,
+            "action_kind": manifest.action_kind,
+            "continuous_actions": list(actions.dimensions)
+            if isinstance(actions, ContinuousActions)
+            else None,
+        }
+    )
+    monitoring = base.monitoring.model_copy(
+        update={
+            "enabled": manifest.monitoring.enabled,
+            "web_port": manifest.monitoring.web_port or base.monitoring.web_port,
+            "window_s": manifest.monitoring.window_s,
+            "min_propensity": manifest.monitoring.min_propensity,
+            "max_reward_drop": manifest.monitoring.max_reward_drop,
+        }
+    )
+    evaluation = base.evaluation.model_copy(
+        update={
+            "problem": gate.problem,
+            "headline": gate.headline,
+            "confidence": gate.confidence,
+            "bootstrap_samples": gate.bootstrap_samples,
+            "gamma": gate.gamma,
+            "min_rows": gate.min_rows,
+            "health": manifest.health,
+            "gate": GateConfig(
+                threshold=gate.threshold,
+                min_effective_sample_size=gate.min_effective_sample_size,
+                max_swing=gate.max_swing,
+                require_bound=gate.require_bound,
+            ),
+        }
+    )
+    return base.model_copy(
+        update={
+            "run_dir": base.apps_dir / manifest.app,
+            "topics": manifest.topics,
+            "stream": base.stream.model_copy(
+                update={
+                    "attribution_window_s": reward.attribution_window_s,
+                    "mdp_idle_timeout_s": reward.mdp_idle_timeout_s,
+                    "max_mdp_length": reward.max_mdp_length,
+                    "reward_metrics": dict(reward.metrics) or None,
+                }
+            ),
+            "normalization": normalization,
+            "feature_store": base.feature_store.model_copy(
+                update={
+                    "project": manifest.app,
+                    "feature_names": manifest.feature_names,
+                    "feature_view": manifest.feature_view or f"{manifest.app}_context",
+                }
+            ),
+            "trainer": manifest.trainer,
+            "evaluation": evaluation,
+            "serving": serving,
+            "monitoring": monitoring,
+        }
+    )

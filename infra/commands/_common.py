@@ -21,10 +21,24 @@ def add_environment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir", type=Path, default=None, metavar="DIR", help="run folder (default: the config's run_dir)"
     )
+    parser.add_argument(
+        "--app",
+        default=None,
+        metavar="MANIFEST|NAME",
+        help="the app: a manifest file, or the name of an app `streamrl up` started; its topics, folder "
+        "(<apps_dir>/<app>, unless --run-dir), features, algorithm and gate",
+    )
 
 
 def environment_from(args: argparse.Namespace):  # -> Environment (imported lazily: it imports every stage)
+    from dataclasses import replace
+
+    from infra.apps import resolve_app
     from infra.config import load_config
     from infra.environment import Environment
 
-    return Environment.from_config(load_config(args.config), args.run_dir)
+    config = load_config(args.config)
+    if getattr(args, "app", None) is None:
+        return Environment.from_config(config, args.run_dir)
+    env = Environment.for_app(config, resolve_app(args.app, config))
+    return replace(env, run_dir=args.run_dir.resolve()) if args.run_dir is not None else env

@@ -2,6 +2,7 @@
 
 streamrl features status             freshness per feature view (offline history, online store)
 streamrl features ack <spec-version> publish a spec the refresh refused (type change, large shift)
+streamrl features ingest             push each entity's latest logged context to the store (until SIGTERM)
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_environment_arguments(ack)
     ack.add_argument("version", help="spec version, e.g. spec-1a2b3c4d5e6f (printed by the refused refresh)")
     ack.add_argument("--note", default="", help="why the change is acceptable (kept in acknowledged.json)")
+    ingest = sub.add_parser(
+        "ingest",
+        help="push each entity's latest logged context to the feature store (until SIGTERM)",
+        description="Consume the decisions topic and push each entity's latest context features to Feast "
+        "(Redis online, parquet offline), so serving can look them up by entity; runs until SIGTERM/SIGINT.",
+    )
+    add_environment_arguments(ingest)
 
 
 def _when(moment: datetime | None) -> str:
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from features import acknowledge_spec, feature_view_status, latest_spec
 
     env = environment_from(args)
+    if args.action == "ingest":
+        return _ingest(env)
     if args.action == "ack":
         path = acknowledge_spec(env.specs_dir, args.version, args.note)
         print(
@@ -89,3 +99,26 @@ def run(args: argparse.Namespace) -> int:
     if pending:
         print(f"refused specs waiting for `streamrl features ack`: {', '.join(pending)}")
     return 1 if status.stale else 0
+
+
+def _ingest(env) -> int:  # env: infra.environment.Environment
+    import signal
+    import threading
+
+    from features import build_feature_store, run_online_ingest
+
+    config = env.feature_store_config()
+    build_feature_store(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"feature ingest running: {env.config.topics.decisions} -> feature view {config.feature_view}",
+        flush=True,
+    )
+    stats = run_online_ingest(config, env.bootstrap_servers, env.config.topics, stop, batch_size=2000)
+    print(
+        f"feature ingest stopped: {stats.consumed} decisions consumed, {stats.pushed_rows} rows pushed",
+        flush=True,
+    )
+    return 0

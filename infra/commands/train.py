@@ -18,12 +18,24 @@ DESCRIPTION = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="run YAML (see trainer/run_config.py)")
+    parser.add_argument(
+        "--app",
+        default=None,
+        metavar="MANIFEST|NAME",
+        help="train on this app's timelines and register into its registry (overrides the run file's "
+        "data.output_dir, output.registry_dir and output.log_dir)",
+    )
+    parser.add_argument(
+        "--environment", type=Path, default=None, metavar="FILE", help="environment YAML for --app"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from trainer import load_run_config, run_training
 
     config = load_run_config(args.config)
+    if args.app is not None:
+        config = _for_app(config, args.app, args.environment)
     metadata = run_training(config)
     if metadata is not None:  # rank 0, or the only process
         print(f"registered {metadata.algorithm} model {metadata.version} in {config.output.registry_dir}")
@@ -33,3 +45,20 @@ def run(args: argparse.Namespace) -> int:
         if shown:
             print("  " + ", ".join(f"{name}={value:.4g}" for name, value in shown))
     return 0
+
+
+def _for_app(config, app: str, environment: Path | None):  # TrainRunConfig -> TrainRunConfig
+    from infra.apps import resolve_app
+    from infra.config import load_config
+    from infra.environment import Environment
+
+    base = load_config(environment)
+    env = Environment.for_app(base, resolve_app(app, base))
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"output_dir": env.stream_config().output_dir}),
+            "output": config.output.model_copy(
+                update={"registry_dir": env.registry_dir, "log_dir": env.tensorboard_dir / config.name}
+            ),
+        }
+    )

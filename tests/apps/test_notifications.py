@@ -68,3 +68,19 @@ def test_observations_are_deterministic_per_day_and_shaped(sim: NotificationSim)
     assert features.shape == (sim.config.n_users, len(FEATURE_NAMES))
     assert set(np.unique(features[:, 0])) <= set(range(8))
     assert ACTIONS == ("dont_send", "send")
+
+
+def test_the_package_re_exports_the_world_and_rewards_are_engagement_minus_cost(sim: NotificationSim) -> None:
+    """`apps.notifications` is a package (manifest, simulator, world); its names are the world's."""
+    from apps.notifications import world
+
+    assert NotificationSim is world.NotificationSim and ACTIONS is world.ACTIONS
+    day = sim.start_day(1)
+    n = sim.config.n_users
+    send = np.arange(n) % 2 == 0
+    sent_previous = np.arange(n) % 3 == 0
+    engaged = sim.draw_engagement(day, 2, send, sent_previous)
+    np.testing.assert_array_equal(engaged, sim.draw_engagement(day, 2, send, sent_previous))  # seeded
+    rewards = sim.draw_rewards(day, 2, send, sent_previous)
+    np.testing.assert_array_equal(rewards, engaged.astype(float) - 0.05 * send.astype(float))
+    assert set(np.unique(rewards)) <= {-0.05, 0.0, 0.95, 1.0}

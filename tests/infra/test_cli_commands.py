@@ -26,7 +26,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from apps.notifications import ACTIONS, SEND, NotificationSimConfig
+from apps.notifications import ACTIONS, FEATURE_NAMES, SEND, NotificationSimConfig
 from contracts import RewardEvent, Topics
 from infra.cli import COMMANDS, main
 from infra.config import load_config
@@ -50,7 +50,11 @@ def environment(local_stack, topics: Topics, tmp_path: Path) -> tuple[Path, Envi
             "topics": topics.model_dump(),
             # A reward counts within 3 s of its decision; an MDP closes 1 s after that.
             "stream": {"attribution_window_s": 3, "mdp_idle_timeout_s": 1, "trigger_interval_s": 1},
-            "feature_store": {"project": f"cli_{uuid.uuid4().hex[:8]}", "online_reader": {"type": "redis"}},
+            "feature_store": {
+                "project": f"cli_{uuid.uuid4().hex[:8]}",
+                "online_reader": {"type": "redis"},
+                "feature_names": list(FEATURE_NAMES),
+            },
             "serving": {"port": free_port(), "poll_interval_s": 0.2},
             "monitoring": {"web_port": free_port()},
             "trainer": {"num_epochs": 3, "batch_size": 64, "hidden_sizes": [16, 16]},

@@ -15,12 +15,22 @@ from trainer.sac import SacConfig
 
 
 def test_packaged_config_loads_and_composes_stage_configs(tmp_path: Path) -> None:
-    config = load_config(DEFAULT_CONFIG)
+    config = load_config(DEFAULT_CONFIG, overrides={"feature_store": {"feature_names": ["age", "visits"]}})
     env = Environment.from_config(config, tmp_path)
     assert env.serving_config().registry_root == tmp_path.resolve() / "registry"
     assert env.stream_config().attribution_window_s == config.stream.attribution_window_s
-    assert env.feature_store_config().feature_names == config.feature_store.feature_names
+    assert env.feature_store_config().feature_names == ["age", "visits"]
     assert env.monitoring_config().bootstrap_servers == config.stack.bootstrap_servers
+
+
+def test_the_packaged_config_names_no_app_features(tmp_path: Path) -> None:
+    """The environment file is the stack's, not an app's: features come from a manifest (--app)."""
+    from infra.environment import MissingSettingError
+
+    env = Environment.from_config(load_config(DEFAULT_CONFIG), tmp_path)
+    with pytest.raises(MissingSettingError, match="--app MANIFEST"):
+        env.feature_store_config()
+    assert env.serving_config().feature_store is None  # serving then reads request features only
 
 
 def test_wrong_type_names_file_key_value_and_expectation(tmp_path: Path) -> None:
@@ -59,7 +69,7 @@ def test_environment_overrides_stack_section(tmp_path: Path, monkeypatch: pytest
 
 def test_online_reader_is_selected_in_the_environment_file(tmp_path: Path) -> None:
     path = tmp_path / "reader.yaml"
-    path.write_text("feature_store:\n  online_reader: {type: redis}\n")
+    path.write_text("feature_store:\n  feature_names: [age]\n  online_reader: {type: redis}\n")
     env = Environment.from_config(load_config(path), tmp_path)
     assert env.feature_store_config().online_reader.type == "redis"
     assert env.serving_config().feature_store.online_reader.type == "redis"

@@ -1,9 +1,15 @@
-"""The demo's CPE check: an approved candidate's estimate per decision against what it realized on
-the days it then served (hand-computed errors)."""
+"""The demo's parts that need no stack: the CPE check (an approved candidate's estimate per decision
+against what it realized on the days it then served, hand-computed errors), and the copy of the
+example manifest it brings up (one refresh per simulated day)."""
 
 from __future__ import annotations
 
-from infra.demo import DaySummary, cpe_checks
+from pathlib import Path
+
+import pytest
+
+from infra.demo import DaySummary, DemoError, DemoPlan, cpe_checks, format_summary, write_demo_manifest
+from infra.manifest import load_manifest
 
 
 def _day(day: int, served: str, realized: float, candidate: str, estimate: float, gate: str) -> DaySummary:
@@ -44,3 +50,43 @@ def test_each_approved_candidate_is_checked_against_every_day_it_served() -> Non
     assert lines[0].startswith(
         "CPE check: night 0 estimated 0.4600 per decision for m1 (magic, 95% CI 0.4500–0.4700)"
     )
+
+
+def test_the_table_shows_a_skipped_night_without_a_candidate() -> None:
+    skipped = _day(0, "hand-written-rule", 0.4200, "", float("nan"), "skipped")
+    table = format_summary([skipped]).splitlines()
+    assert table[1].split() == [
+        "0",
+        "hand-written-rule",
+        "0.4200",
+        "0.4200",
+        "0.4800",
+        "50%",
+        "-",
+        "nan",
+        "[nan,",
+        "nan]",
+        "skipped",
+    ]
+    assert cpe_checks([skipped]) == []
+
+
+def test_the_demo_manifest_refreshes_once_per_simulated_day(tmp_path: Path) -> None:
+    plan = DemoPlan(
+        users=150,
+        manifest_overrides={"serving": {"port": 28999}, "gate": {"problem": "one_step", "min_rows": 100}},
+    )
+    manifest = load_manifest(write_demo_manifest(plan, tmp_path / "manifest.yaml"))
+    assert manifest.app == "notifications"
+    # 150 users × 4 slots: the row trigger fires once a day's decisions are all timeline rows.
+    assert manifest.refresh.every_new_rows == 600
+    assert manifest.refresh.daily_at_utc is None  # a demo day lasts seconds: no 03:00 turn mid-run
+    assert manifest.refresh.min_training_rows == 600  # the example's 1,000, capped at one day
+    assert manifest.serving.port == 28999 and manifest.serving.day0.type == "none"
+    # Overrides merge key by key: the rest of the example's gate stays.
+    assert (manifest.gate.problem, manifest.gate.min_rows, manifest.gate.gamma) == ("one_step", 100, 1.0)
+    assert dict(manifest.reward.metrics) == {"engaged": 1.0, "sent": -0.05}
+    default = load_manifest(write_demo_manifest(DemoPlan(), tmp_path / "default.yaml"))
+    assert default.refresh.every_new_rows == 16_000 and default.refresh.min_training_rows == 1000
+    with pytest.raises(DemoError, match="days, users and batch_size >= 1"):
+        DemoPlan(days=0)

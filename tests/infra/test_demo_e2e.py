@@ -1,11 +1,14 @@
-"""The whole loop on the real stack: broker, Redis, Spark, Feast, onnxruntime, faust.
+"""The whole loop on the real stack, as `streamrl demo` runs it: the notifications example through
+`streamrl up` (broker, Redis, Spark, Feast, onnxruntime, faust, the refresh scheduler), its
+simulator a subprocess that talks HTTP and Kafka only.
 
 A small population for two days: on day 0 no model exists, the app decides with its own
-hand-written rule and logs each decision through serving's log-only `POST /v1/decisions/batch`;
-decisions and rewards go through Kafka, timelines come from Spark, a nightly refresh trains,
-evaluates and gates; day 1 is served by the model the gate deployed (or the rule again, if it
-rejected). Every night's candidate must beat the rule on the simulator's exact expected reward,
-and day 1's realized reward must be that of the policy the gate left in charge.
+hand-written rule and logs each decision through `POST /v1/apps/notifications/decisions/batch`;
+decisions and rewards go through Kafka, timelines come from Spark, the scheduler's row trigger
+refreshes after the day (train, evaluate, gate, deploy); serving hot-swaps, and day 1 is served
+through `/act/batch` by the model the gate deployed (or the rule again, if it rejected). Every
+night's candidate must beat the rule on the simulator's exact expected reward, and day 1's realized
+reward must be that of the policy the gate left in charge.
 """
 
 from __future__ import annotations
@@ -17,11 +20,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.notifications import ACTIONS, FEATURE_NAMES, SEND, NotificationSim, SendProbability, mdp_id_for
+from apps.notifications import (
+    ACTIONS,
+    FEATURE_NAMES,
+    SEND,
+    NotificationSim,
+    NotificationSimConfig,
+    SendProbability,
+    mdp_id_for,
+)
 from apps.rule_policy import RULE_POLICY
 from infra.config import load_config
-from infra.demo import run_demo
+from infra.demo import DemoPlan, run_demo
 from infra.environment import Environment
+from infra.manifest import load_manifest
 from monitoring.run import latest_revisions, tail_metrics
 from stream import load_timelines
 from tests.helpers import free_port
@@ -49,48 +61,67 @@ RULE_SEED = 1
 MIN_GAP_CLOSED = 0.3
 # Day 1's realized reward per decision must beat the rule's exact value on the same users by this.
 REALIZED_MARGIN = 0.02
+# The world and rule the simulator ran with (its --users, --rule-seed, --rule-epsilon; seed 7).
+SIMULATOR = NotificationSimConfig(n_users=USERS, rule_epsilon=RULE_EPSILON, rule_seed=RULE_SEED)
 
 
 @pytest.fixture(scope="module")
 def demo_run(local_stack, tmp_path_factory: pytest.TempPathFactory):
+    """`run_demo`'s folder (the app's under <folder>/notifications), its summaries and printed lines."""
     run_dir = tmp_path_factory.mktemp("demo")
-    config = load_config(
-        overrides={
-            "demo": {
-                "days": DAYS,
-                "simulator": {"n_users": USERS, "rule_epsilon": RULE_EPSILON, "rule_seed": RULE_SEED},
-                "request_batch_size": 200,
-            },
+    plan = DemoPlan(
+        days=DAYS,
+        users=USERS,
+        rule_seed=RULE_SEED,
+        rule_epsilon=RULE_EPSILON,
+        batch_size=200,
+        manifest_overrides={
             "serving": {"port": free_port()},
             "monitoring": {"web_port": free_port(), "window_s": 5},
             # This test exercises the loop's plumbing — approve, hot-swap, serve, beat the rule — on a
             # small day. A user's day is 4 decisions with fatigue, so by default the gate judges a
             # sequential estimate, whose 4-step weights leave 75 held-out user-days an effective
             # sample size near 10 and a rejection (docs/demo.md: even 2,000 user-days cannot vouch
-            # for this candidate). The test therefore declares the one-step view, the gate of
-            # before issue 14, knowing it is ~5 % optimistic here.
-            "evaluation": {
-                "min_rows": 100,
+            # for this candidate). The test's manifest therefore declares the one-step view, the
+            # gate of before issue 14, knowing it is ~5 % optimistic here.
+            "gate": {
                 "problem": "one_step",
                 "headline": "dr",
-                "gate": {"min_effective_sample_size": 20},
+                "min_rows": 100,
+                "min_effective_sample_size": 20,
             },
             "trainer": {"num_epochs": 20},
-        }
+        },
     )
-    config = config.model_copy(update={"stack": local_stack.config})
+    config = load_config().model_copy(update={"stack": local_stack.config})
     lines: list[str] = []
-    summaries = run_demo(Environment.from_config(config, run_dir), progress=lines.append)
-    return run_dir, summaries, lines, config
+    summaries = run_demo(Environment.from_config(config, run_dir), plan, progress=lines.append)
+    return run_dir, summaries, lines
+
+
+def _app_dir(run_dir: Path) -> Path:
+    return run_dir / "notifications"
+
+
+def test_the_demo_ran_the_app_through_up_and_down(demo_run) -> None:
+    run_dir, _, lines = demo_run
+    manifest = load_manifest(run_dir / "manifest.yaml")
+    assert manifest.gate.problem == "one_step"  # what this test declares, in the manifest the app ran
+    assert manifest.refresh.every_new_rows == USERS * 4 and manifest.refresh.daily_at_utc is None
+    assert "[notifications] started serving, stream, ingest, monitor, scheduler" in "\n".join(lines)
+    assert not (_app_dir(run_dir) / "processes.json").exists()  # `streamrl down` stopped what up started
+    for day in range(DAYS):  # the simulator's own line of each day
+        line = json.loads((run_dir / "simulator" / f"day{day}.json").read_text())
+        assert line["app"] == "notifications" and line["decisions"] == USERS * 4 == line["request_ids"]
 
 
 def test_every_decision_becomes_a_timeline_row(demo_run) -> None:
-    run_dir, summaries, _, _ = demo_run
+    run_dir, summaries, _ = demo_run
     assert [s.day for s in summaries] == list(range(DAYS))
     for summary in summaries:
         assert summary.decisions == USERS * 4
         assert summary.timeline_rows == summary.decisions
-    timelines = load_timelines(run_dir / "timelines")
+    timelines = load_timelines(_app_dir(run_dir) / "timelines")
     assert len(timelines) == DAYS * USERS * 4
     assert timelines["request_id"].is_unique
     terminal = timelines[~timelines["not_terminal"]]
@@ -99,7 +130,7 @@ def test_every_decision_becomes_a_timeline_row(demo_run) -> None:
 
 
 def test_summary_json_is_the_table(demo_run) -> None:
-    run_dir, summaries, lines, _ = demo_run
+    run_dir, summaries, lines = demo_run
     days = json.loads((run_dir / "summary.json").read_text())
     assert len(days) == DAYS
     required = {
@@ -124,8 +155,8 @@ def test_summary_json_is_the_table(demo_run) -> None:
 
 
 def test_gate_decides_what_serves_next_day(demo_run) -> None:
-    run_dir, summaries, _, _ = demo_run
-    registry = ModelRegistry(run_dir / "registry")
+    run_dir, summaries, _ = demo_run
+    registry = ModelRegistry(_app_dir(run_dir) / "registry")
     assert len(registry.list_versions()) == DAYS  # one candidate per night; the rule is no model
     assert summaries[0].model_version == RULE_POLICY
     first_night = summaries[0]
@@ -134,18 +165,16 @@ def test_gate_decides_what_serves_next_day(demo_run) -> None:
     )
     assert summaries[1].model_version == expected_day1
     for summary in summaries:
-        report_dir = run_dir / "reports" / summary.candidate_version
+        report_dir = _app_dir(run_dir) / "reports" / summary.candidate_version
         gate = json.loads((report_dir / "gate.json").read_text())
         assert gate["approved"] == (summary.gate == "approved")
         assert (report_dir / "cpe_report.json").exists()
 
 
-def test_monitoring_counted_the_served_decisions(demo_run) -> None:
-    _, summaries, _, config = demo_run
-    run_topics = json.loads((Path(demo_run[0]) / "environment.json").read_text())["topics"]
-    windows = latest_revisions(
-        tail_metrics(config.stack.bootstrap_servers, run_topics["metrics"], timeout_s=20)
-    )
+def test_monitoring_counted_the_served_decisions(demo_run, local_stack) -> None:
+    run_dir, summaries, _ = demo_run
+    topics = load_manifest(run_dir / "manifest.yaml").topics
+    windows = latest_revisions(tail_metrics(local_stack.bootstrap_servers, topics.metrics, timeout_s=20))
     counted = {}
     for window in windows:
         counted[window.model_version] = counted.get(window.model_version, 0) + window.decisions
@@ -165,9 +194,9 @@ def _served_send_probability(policy: OnnxPolicy) -> SendProbability:
 
 
 def test_the_loop_learns_and_the_gate_decides_who_serves(demo_run) -> None:
-    run_dir, summaries, _, config = demo_run
-    registry = ModelRegistry(run_dir / "registry")
-    sim = NotificationSim(config.demo.simulator)
+    run_dir, summaries, _ = demo_run
+    registry = ModelRegistry(_app_dir(run_dir) / "registry")
+    sim = NotificationSim(SIMULATOR)
     day = sim.start_day(1)
 
     def exact_value(version: str) -> float:
@@ -200,7 +229,7 @@ def test_the_loop_learns_and_the_gate_decides_who_serves(demo_run) -> None:
     # What users got on day 1 is the served model's exact value up to sampling noise: within 4
     # standard errors of the mean of per-user rewards (users are independent, a user's slots not;
     # the spread across users also holds their different traits, so this SE is conservative).
-    timelines = load_timelines(run_dir / "timelines")
+    timelines = load_timelines(_app_dir(run_dir) / "timelines")
     day1_rows = timelines[timelines["mdp_id"].str.endswith(mdp_id_for("", 1))]
     assert set(day1_rows["model_version"]) == {day1.model_version}
     per_user = day1_rows.groupby("mdp_id")["reward"].mean()
@@ -220,12 +249,12 @@ def test_the_loop_learns_and_the_gate_decides_who_serves(demo_run) -> None:
 def test_day0_logs_the_rules_decisions_with_their_exact_propensities(demo_run) -> None:
     """What `/v1/decisions` logged on day 0 is the app's rule: its label, and for every decision the
     probability the rule gives the logged action in the logged state (recomputed here by hand)."""
-    run_dir, _, _, config = demo_run
-    timelines = load_timelines(run_dir / "timelines")
+    run_dir, _, _ = demo_run
+    timelines = load_timelines(_app_dir(run_dir) / "timelines")
     day0 = timelines[timelines["mdp_id"].str.endswith(mdp_id_for("", 0))]
     assert len(day0) == USERS * 4
     assert set(day0["model_version"]) == {RULE_POLICY}
-    simulator = config.demo.simulator
+    simulator = SIMULATOR
     eps = simulator.rule_epsilon
     for state, action, propensity in zip(
         day0["state_features"], day0["action"], day0["action_probability"], strict=True

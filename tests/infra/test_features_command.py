@@ -20,7 +20,12 @@ from infra.environment import Environment
 @pytest.fixture
 def environment_file(local_stack, tmp_path: Path) -> tuple[Path, Environment]:
     config = load_config(
-        overrides={"feature_store": {"project": f"cli{tmp_path.name[-6:].lower().replace('-', '')}"}}
+        overrides={
+            "feature_store": {
+                "project": f"cli{tmp_path.name[-6:].lower().replace('-', '')}",
+                "feature_names": ["visits", "age"],
+            }
+        }
     )
     config = config.model_copy(update={"stack": local_stack.config})
     path = tmp_path / "environment.yaml"

@@ -337,3 +337,26 @@ def test_online_features_are_overlaid_by_request_features(config, registry, loca
             local_stack.bootstrap_servers, config.topics.decisions, {s["request_id"] for s in served}
         )
         assert [logged[s["request_id"]].context_features for s in served] == used
+
+
+def test_a_named_app_serves_under_its_route_and_refuses_other_apps(config, registry):
+    version = register_model(registry, seed=1)
+    registry.deploy(version, reason="test")
+    body = {"entity_id": "u", "context_features": {"f_age": 0.5}, "possible_actions": list(ACTIONS)}
+    with TestClient(create_app(config.model_copy(update={"app": "shop"}))) as client:
+        served = client.post("/v1/apps/shop/act", json=body)
+        assert served.status_code == 200, served.text
+        assert served.json()["model_version"] == version and served.json()["action"] in ACTIONS
+        batch = client.post("/v1/apps/shop/act/batch", json={"requests": [body, body]})
+        assert batch.status_code == 200 and len(batch.json()["responses"]) == 2
+        assert client.post("/v1/act", json=body).status_code == 200  # the unprefixed route stays
+        other = client.post("/v1/apps/news/act", json=body)
+        assert other.status_code == 404
+        assert (
+            other.json()["error"] == "UnknownAppError" and "serves only app 'shop'" in other.json()["message"]
+        )
+        assert client.get("/v1/apps/shop/healthz").json()["model_version"] == version
+        counted = client.get("/metrics").text
+    # Prefixed calls are counted with their /v1/… endpoint, not as "other".
+    line = 'streamrl_serving_requests_total{endpoint="/v1/act/batch",status="200"}'
+    assert _metric(counted, line) == 1.0

@@ -11,6 +11,10 @@ Reward per decision = engaged (0/1) − cost_per_notification × sent.
 The app observes only noisy proxies of the hidden traits (active days in the last week,
 click-through rate of past notifications), so a learned policy can approach — but not
 reach — the oracle, which knows the hidden traits and plans each day optimally.
+
+Everything is seeded: the population by `seed`, day k's observations and engagement draws by
+(`seed`, k), so any day of the same users can be replayed. Plain numpy and pydantic: the app's
+simulator (simulator.py, beside this file) imports it and no streamrl stage.
 """
 
 from __future__ import annotations
@@ -136,12 +140,19 @@ class NotificationSim:
         prob = self.engage_probability(slot, send, sent_previous)
         return prob - self.config.cost_per_notification * send
 
-    def draw_rewards(self, day: Day, slot: int, send: np.ndarray, sent_previous: np.ndarray) -> np.ndarray:
-        """Realized rewards for one slot (Bernoulli engagement minus notification cost)."""
+    def draw_engagement(self, day: Day, slot: int, send: np.ndarray, sent_previous: np.ndarray) -> np.ndarray:
+        """Whether each user engaged in one slot (Bernoulli; seeded by the day and slot)."""
         rng = np.random.default_rng((self.config.seed, day.index, 2, slot))
         prob = self.engage_probability(slot, send.astype(float), sent_previous)
-        engaged = rng.random(prob.size) < prob
+        return rng.random(prob.size) < prob
+
+    def reward(self, engaged: np.ndarray, send: np.ndarray) -> np.ndarray:
+        """Reward per decision: engaged (0/1) − cost_per_notification × sent."""
         return engaged.astype(float) - self.config.cost_per_notification * send.astype(float)
+
+    def draw_rewards(self, day: Day, slot: int, send: np.ndarray, sent_previous: np.ndarray) -> np.ndarray:
+        """Realized rewards for one slot (Bernoulli engagement minus notification cost)."""
+        return self.reward(self.draw_engagement(day, slot, send, sent_previous), send)
 
     # --- policies and their exact values ---------------------------------------------------------
     def rule(self, *, epsilon: float | None = None) -> NotifyQuietUsersRule:
