@@ -51,7 +51,7 @@ set to count, so continuous actions have `weight_mean` only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -307,45 +307,48 @@ def _share_check(
 def _propensity_range(
     frame: pd.DataFrame, versions: np.ndarray, thresholds: HealthThresholds
 ) -> HealthCheck | str:
-    if "action_probability" not in frame.columns:
-        return "propensity_range: no action_probability column"
-    mu = pd.to_numeric(frame["action_probability"], errors="coerce").to_numpy(dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        bad = ~(np.isfinite(mu) & (mu > 0.0) & (mu >= thresholds.min_propensity) & (mu <= 1.0))
-    rows = np.flatnonzero(bad)
-    examples = ", ".join(
-        f"{label} = {value}"
-        for label, value in zip(_row_labels(frame, rows), mu[rows[:_EXAMPLES]], strict=True)
-    )
-    return _share_check(
-        HealthCheckKind.PROPENSITY_RANGE,
-        bad,
-        versions,
-        thresholds.max_bad_propensity_share,
-        f"logged propensity missing, ≤ 0, below {thresholds.min_propensity:g} or above 1 on",
-        at_most=True,
-        extra=f"; {rows.size} of {len(frame)} decisions, e.g. {examples}" if examples else "",
-    )
+    def bad(mu: np.ndarray) -> np.ndarray:
+        return ~(np.isfinite(mu) & (mu > 0.0) & (mu >= thresholds.min_propensity) & (mu <= 1.0))
+
+    what = f"logged propensity missing, ≤ 0, below {thresholds.min_propensity:g} or above 1 on"
+    return _out_of_range(frame, versions, thresholds, "action_probability", bad, what)
 
 
 def _log_density_range(
     frame: pd.DataFrame, versions: np.ndarray, thresholds: HealthThresholds
 ) -> HealthCheck | str:
-    if ACTION_LOG_DENSITY_COLUMN not in frame.columns:
-        return f"propensity_range: no {ACTION_LOG_DENSITY_COLUMN} column"
-    log_mu = pd.to_numeric(frame[ACTION_LOG_DENSITY_COLUMN], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(log_mu)
+    what = f"logged {ACTION_LOG_DENSITY_COLUMN} missing or not finite on"
+    return _out_of_range(
+        frame, versions, thresholds, ACTION_LOG_DENSITY_COLUMN, lambda x: ~np.isfinite(x), what
+    )
+
+
+def _out_of_range(
+    frame: pd.DataFrame,
+    versions: np.ndarray,
+    thresholds: HealthThresholds,
+    column: str,
+    is_bad: Callable[[np.ndarray], np.ndarray],
+    what: str,
+) -> HealthCheck | str:
+    """The propensity-range check on `column` (a propensity or a log density): the share of rows
+    `is_bad` flags, with a few examples, against `max_bad_propensity_share`."""
+    if column not in frame.columns:
+        return f"propensity_range: no {column} column"
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = is_bad(values)
     rows = np.flatnonzero(bad)
     examples = ", ".join(
         f"{label} = {value}"
-        for label, value in zip(_row_labels(frame, rows), log_mu[rows[:_EXAMPLES]], strict=True)
+        for label, value in zip(_row_labels(frame, rows), values[rows[:_EXAMPLES]], strict=True)
     )
     return _share_check(
         HealthCheckKind.PROPENSITY_RANGE,
         bad,
         versions,
         thresholds.max_bad_propensity_share,
-        f"logged {ACTION_LOG_DENSITY_COLUMN} missing or not finite on",
+        what,
         at_most=True,
         extra=f"; {rows.size} of {len(frame)} decisions, e.g. {examples}" if examples else "",
     )

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -55,9 +56,9 @@ class _Section(BaseModel):
 
 # --- features ---------------------------------------------------------------------------------
 class FeatureSpec(_Section):
-    """One context feature: its name in the decision's `context`, optionally a forced normalization
-    type (else identified from the data, `features.identify`) and the Feast feature view it is
-    stored in (the app has one view; naming it changes its name, see `feature_view` below)."""
+    """One context feature: its name in the request's `context_features`, and optionally a forced
+    normalization type (else identified from the data, `features.identify`). All of an app's
+    features live in its one Feast feature view (`AppManifest.feature_view`)."""
 
     name: str = Field(min_length=1, max_length=128)
     type: FeatureType | None = None
@@ -302,10 +303,7 @@ class AppManifest(_Section):
         )
 
     def candidate_configs_at(self, index: int) -> AlgorithmConfig:
-        from pydantic import TypeAdapter
-
-        base = self.trainer.model_dump()
-        return TypeAdapter(AlgorithmConfig).validate_python({**base, **self.candidates[index]})
+        return _ALGORITHM.validate_python({**self.trainer.model_dump(), **self.candidates[index]})
 
     def candidate_configs(self) -> list[AlgorithmConfig]:
         """The configs one refresh trains: the grid's entries over `trainer`, or `trainer` alone."""
@@ -329,6 +327,9 @@ class AppManifest(_Section):
             elif name not in new:
                 changes.append(f"feature {name!r} removed")
         return changes
+
+
+_ALGORITHM: TypeAdapter[AlgorithmConfig] = TypeAdapter(AlgorithmConfig)
 
 
 def _refuse_duplicates(names: list[str], what: str) -> None:
