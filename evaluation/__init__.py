@@ -15,7 +15,8 @@ evaluation MDPs out of training) and `check_data_health` (logged-data health aga
 """
 
 from evaluation.bounds import BoundMethod, HighConfidenceBound, high_confidence_bounds
-from evaluation.config import EvaluationConfig, GateConfig
+from evaluation.canary import CanaryVerdict, compare_canary, judge_canary
+from evaluation.config import CanaryConfig, EvaluationConfig, GateConfig
 from evaluation.errors import EvaluationError, ReportError
 from evaluation.estimators import (
     ONE_STEP_ESTIMATORS,
@@ -73,6 +74,8 @@ __all__ = [
     "CrossFitResult",
     "DataHealth",
     "Estimate",
+    "CanaryConfig",
+    "CanaryVerdict",
     "EvaluationConfig",
     "EvaluationError",
     "FqeFit",
@@ -97,7 +100,9 @@ __all__ = [
     "direct_method",
     "doubly_robust",
     "evaluate_action_samples",
+    "compare_canary",
     "evaluate_and_gate",
+    "judge_canary",
     "evaluate_candidate_probabilities",
     "evaluate_policy",
     "evaluate_probabilities",

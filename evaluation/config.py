@@ -17,6 +17,24 @@ HeadlineName = Literal[
 ]
 
 
+class CanaryConfig(BaseModel):
+    """What happens to a candidate the logged data cannot judge (`GateDecision.undecided`): it serves
+    `share` of the episodes beside the deployed model, and a later refresh compares the realized
+    returns of the two (`evaluation.canary.judge_canary`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: float = Field(
+        0.1, gt=0.0, lt=1.0, description="share of episodes (by mdp_id) served by the canary"
+    )
+    min_episodes: int = Field(
+        10, ge=2, description="complete episodes each side needs before the canary is judged"
+    )
+    confidence: float = Field(
+        0.95, gt=0.0, lt=1.0, description="one-sided confidence of Welch's t bound on the return difference"
+    )
+
+
 class GateConfig(BaseModel):
     """When a model may be deployed, judged on the report's headline estimate (`CpeReport.headline`).
 
@@ -39,6 +57,11 @@ class GateConfig(BaseModel):
         gt=0.0,
         description="max relative change of the headline value vs the previous model's report (same headline); a larger swing "
         "holds the model and raises an alert",
+    )
+    canary: CanaryConfig | None = Field(
+        None,
+        description="a candidate the data cannot judge (report unreliable or effective sample size too small, "
+        "and nothing else wrong) serves a share of episodes until realized returns decide; None: it is rejected",
     )
 
 

@@ -70,7 +70,13 @@ class GateDecision(BaseModel):
         "(e.g. PDIS whose cumulative weights exceed float64 over long episodes), each with why",
     )
     summary: str = Field("", description="the plain-language verdict with the outcome, for people")
+    undecided: bool = Field(
+        False,
+        description="rejected only because the data cannot judge the model (report unreliable, effective sample "
+        "size too small): nothing says it is worse; with `GateConfig.canary` it becomes a canary",
+    )
     deployed: bool = False
+    canary: bool = Field(False, description="started as a canary (`GateConfig.canary`)")
     decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -102,6 +108,10 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
     head = report.headline_estimate
     name = report.headline
     reasons = _health_reasons(report.data_health)
+    # Bounds below the threshold, and what says the data cannot judge at all: with the latter, the
+    # former are no verdict either (`GateDecision.undecided`).
+    short_bounds: list[str] = []
+    cannot_judge: list[str] = []
     alerts: list[GateAlert] = []
     checked: dict[str, float | None] = {
         "headline_value": head.value,
@@ -129,21 +139,21 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
             f"{head.ci_low}..{head.ci_high})"
         )
     elif head.normalized_ci_low < config.threshold:
-        reasons.append(
+        short_bounds.append(
             f"normalized {name} lower bound {head.normalized_ci_low:.4f} is below the threshold "
             f"{config.threshold:.4f} (estimate {head.normalized:.4f}×, {int(round(head.confidence * 100))}% interval)"
         )
     if config.require_bound is not None:
         bound = next((b for b in report.bounds if b.method == config.require_bound), None)
         if bound is None:
-            reasons.append(
+            short_bounds.append(
                 f"the required {config.require_bound.value} bound is not in the report: the importance-weighted "
                 "terms it bounds overflow float64 or are too few for these data"
             )
         else:
             checked[f"{bound.method.value}_normalized_lower"] = bound.normalized_lower
             if not (bound.normalized_lower >= config.threshold):
-                reasons.append(
+                short_bounds.append(
                     f"the {bound.method.value} lower bound on {bound.estimator} is {bound.normalized_lower:.4f}× the "
                     f"logged policy, below the threshold {config.threshold:.4f}"
                 )
@@ -165,12 +175,13 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
     ]
     ess = head.effective_sample_size
     if ess is not None and math.isfinite(ess) and ess < config.min_effective_sample_size:
-        reasons.append(
+        cannot_judge.append(
             f"effective sample size {ess:.1f} is below the minimum {config.min_effective_sample_size:.1f}: "
             "the new policy is too far from the logged one for the data to judge it"
         )
     if not report.reliable:
-        reasons.append(f"the report is marked unreliable: {'; '.join(report.warnings)}")
+        cannot_judge.append(f"the report is marked unreliable: {'; '.join(report.warnings)}")
+    wrong = list(reasons)  # health, non-finite or uncomputable estimates so far; the swing below
     comparable = previous is not None and previous.headline == name
     before = previous.headline_estimate.value if previous is not None and comparable else None
     if (
@@ -190,7 +201,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
                 f"change of {swing:.3f} > max_swing {config.max_swing:.3f}; model held — check the data "
                 "before trusting it"
             )
-            reasons.append(message)
+            wrong.append(message)
             alerts.append(
                 GateAlert(
                     model_version=report.model_version,
@@ -202,6 +213,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
                     message=message,
                 )
             )
+    reasons = [*reasons, *short_bounds, *cannot_judge, *wrong[len(reasons) :]]  # swings last
     outcome = "approved" if not reasons else f"rejected: {'; '.join(reasons)}"
     unavailable = sorted(name for name, e in secondary.items() if not e.available)
     if unavailable:
@@ -210,6 +222,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         model_version=report.model_version,
         approved=not reasons,
         reasons=reasons,
+        undecided=bool(cannot_judge) and not wrong and head.available,
         checked=checked,
         config=config,
         alerts=alerts,

@@ -190,6 +190,7 @@ def app_config(base: StreamrlConfig, manifest: AppManifest) -> StreamrlConfig:
                 min_effective_sample_size=gate.min_effective_sample_size,
                 max_swing=gate.max_swing,
                 require_bound=gate.require_bound,
+                canary=gate.canary,
             ),
         }
     )

@@ -16,8 +16,9 @@ from infra.processes import ManagedProcess, ServiceError
 from stream import load_timelines
 
 
-def serves(url: str, version: str | None) -> bool:
-    """Serving answers `/healthz` naming `version` (None: no model loaded, which answers 503)."""
+def serves(url: str, version: str | None, canary: str | None = None) -> bool:
+    """Serving answers `/healthz` naming `version` (None: no model loaded, which answers 503) and
+    `canary` as its canary (None: no canary)."""
     try:
         response = httpx.get(f"{url}/healthz", timeout=2.0)
     except httpx.HTTPError:
@@ -25,14 +26,25 @@ def serves(url: str, version: str | None) -> bool:
     if response.status_code not in (200, 503):
         return False
     try:
-        return response.json().get("model_version") == version
+        health = response.json()
     except ValueError:  # not serving's HealthStatus
         return False
+    served_canary = (health.get("canary") or {}).get("model_version")
+    return health.get("model_version") == version and served_canary == canary
 
 
-def wait_serving(url: str, version: str | None, serving: ManagedProcess, timeout_s: float = 60.0) -> None:
-    """Serving follows the deploy pointer on its own; wait until it serves `version` (None: no model)."""
-    serving.wait_ready(lambda: serves(url, version), timeout_s, f"serving model {version or '(none)'}")
+def wait_serving(
+    url: str,
+    version: str | None,
+    serving: ManagedProcess,
+    timeout_s: float = 60.0,
+    *,
+    canary: str | None = None,
+) -> None:
+    """Serving follows the deploy pointer on its own; wait until it serves `version` (None: no model)
+    and `canary` beside it (None: no canary)."""
+    what = f"serving model {version or '(none)'}" + (f" with canary {canary}" if canary else "")
+    serving.wait_ready(lambda: serves(url, version, canary), timeout_s, what)
 
 
 def wait_for_timelines(

@@ -29,7 +29,7 @@ from pydantic import (
 from contracts import ActionKind, StreamrlError, Topics
 from contracts.config_file import read_yaml_mapping, validation_error
 from evaluation.bounds import BoundMethod
-from evaluation.config import HeadlineName
+from evaluation.config import CanaryConfig, HeadlineName
 from evaluation.health import HealthThresholds
 from features.identify import FeatureOverride
 from features.spec import FeatureType
@@ -137,6 +137,11 @@ class GateSpec(_Section):
     bootstrap_samples: int = Field(200, ge=10)
     gamma: float = Field(1.0, ge=0, le=1, description="discount of the sequential estimate")
     min_rows: int = Field(1000, ge=1, description="fewer evaluation decisions than this cannot deploy")
+    canary: CanaryConfig | None = Field(
+        None,
+        description="{share, min_episodes, confidence}: a candidate the logged data cannot judge serves this "
+        "share of episodes until realized returns decide (docs/evaluation.md); null: it is rejected",
+    )
 
 
 # --- schedule ---------------------------------------------------------------------------------

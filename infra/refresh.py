@@ -20,7 +20,16 @@ from pathlib import Path
 import pandas as pd
 
 from contracts import ActionKind, StreamrlError
-from evaluation import CpeReport, GateDecision, ReportError, evaluate_and_gate, hold_out_mdps, load_report
+from evaluation import (
+    CanaryVerdict,
+    CpeReport,
+    GateDecision,
+    ReportError,
+    evaluate_and_gate,
+    hold_out_mdps,
+    judge_canary,
+    load_report,
+)
 from evaluation.gate import GATE_FILE
 from features import (
     NormalizationSpec,
@@ -168,6 +177,7 @@ class RefreshResult:
     candidates: tuple[CandidateResult, ...] = ()
     confidence: float | None = None  # each candidate's interval confidence (Bonferroni-corrected for a grid)
     selection: str = ""  # why the chosen candidate was (or none was) deployed
+    canary_verdict: CanaryVerdict | None = None  # the running canary's judgement, made before training
 
     @property
     def deployed(self) -> str | None:
@@ -205,6 +215,11 @@ def run_refresh(
     bound is deployed, the others only registered. Every candidate's gate.json notes the
     correction, the chosen one's also why it was chosen.
 
+    A running canary (`GateConfig.canary`) is judged first, on the realized returns in
+    `training_rows` (`evaluation.judge_canary`): promoted, stopped or left running. A chosen
+    candidate the data cannot judge (`GateDecision.undecided`) then becomes the canary, replacing
+    one left running, when the environment's gate has `canary`.
+
     `progress` gets one line as each step starts ("refresh <label> 2/3: training ...", once per
     candidate for steps 2 and 3) and one when all are done.
     """
@@ -220,6 +235,11 @@ def run_refresh(
             f"the candidates learn different action kinds {kinds}; a grid varies the knobs of one trainer type"
         )
     actions = refresh_actions(configs[0].type, training_rows, actions)  # refuses a kind mismatch
+    registry = ModelRegistry(env.registry_dir)
+    canary_config = env.config.evaluation.gate.canary
+    verdict = judge_canary(registry, training_rows, canary_config, env.reports_dir)
+    if verdict is not None:
+        progress(f"refresh {label}: canary {verdict.canary} — {verdict.outcome}: {verdict.reason}")
     # Hold a share of the evaluation MDPs out of training, so CPE never scores a candidate on
     # the decisions it was fitted to (winner's curse); `evaluation.holdout_fraction`, 0 disables.
     training_rows, evaluation_rows = hold_out_mdps(
@@ -232,7 +252,6 @@ def run_refresh(
     published = publish_spec(
         spec, env.specs_dir, env.config.normalization, previous=previous_spec, frame=frame
     )
-    registry = ModelRegistry(env.registry_dir)
     count = len(configs)
     evaluation = env.config.evaluation
     confidence = bonferroni_confidence(evaluation.confidence, count)
@@ -273,8 +292,14 @@ def run_refresh(
         results, chosen_index, selection = _deploy_best(
             results, registry, env.reports_dir, env.config.evaluation.confidence
         )
+    if canary_config is not None and results[chosen_index].decision.undecided:
+        results[chosen_index] = _start_canary(
+            results[chosen_index], registry, env.reports_dir, canary_config.share
+        )
     chosen = results[chosen_index]
     outcome = "deployed" if chosen.decision.deployed else "not deployed"
+    if chosen.decision.canary:
+        outcome = f"serving {canary_config.share:.0%} of episodes as a canary"
     if count > 1 and not chosen.decision.deployed:
         outcome = f"none of {count} candidates deployed"
     progress(f"refresh {label} done in {time.monotonic() - started:.0f}s: {chosen.model.version} {outcome}")
@@ -290,7 +315,31 @@ def run_refresh(
         candidates=tuple(results),
         confidence=confidence,
         selection=selection,
+        canary_verdict=verdict,
     )
+
+
+def _start_canary(
+    result: CandidateResult, registry: ModelRegistry, reports_dir: Path, share: float
+) -> CandidateResult:
+    """Serve an undecided candidate to `share` of episodes; its gate.json says so."""
+    why = "; ".join(result.decision.reasons)
+    registry.start_canary(
+        result.model.version, share, reason=f"the logged data cannot judge it ({why}); realized returns will"
+    )
+    note = (
+        f"canary: serves {share:.0%} of episodes beside the deployed model until their realized returns "
+        "decide (evaluation.canary)"
+    )
+    decision = result.decision.model_copy(
+        update={
+            "canary": True,
+            "notes": [*result.decision.notes, note],
+            "summary": f"{result.decision.summary}; {note}",
+        }
+    )
+    _rewrite_decision(decision, reports_dir)
+    return replace(result, decision=decision)
 
 
 def _deploy_best(

@@ -34,8 +34,9 @@ _COUNTERS = {
     "model_swaps": ("streamrl_serving_model_swaps_total", "Models loaded and swapped in."),
     "model_swap_failures": (
         "streamrl_serving_model_swap_failures_total",
-        "Deployed models that failed to load.",
+        "Deployed or canary models that failed to load.",
     ),
+    "canary_decisions": ("streamrl_serving_canary_decisions_total", "Decisions taken by the canary model."),
     "wrong_kind_requests": (
         "streamrl_serving_wrong_kind_requests_total",
         "Requests of another action kind than the served one (answered 422).",

@@ -1,12 +1,13 @@
 """The serving HTTP app: features → the deployed policy → sampled action and its propensity → logged.
 
-`POST /v1/act` and `/v1/act/batch` decide with the model the holder has at the moment the
-request starts, for every action kind (`serving._kinds.KINDS`); with no model loaded they
-answer 503 or, with `fallback: uniform`, choose uniformly at random (day 0).
+`POST /v1/act` and `/v1/act/batch` decide with the models the holder has at the moment the
+request starts, for every action kind (`serving._kinds.KINDS`): each request's episode (`mdp_id`)
+goes to the canary for its share, else to the deployed model; with no model loaded they answer
+503 or, with `fallback: uniform`, choose uniformly at random (day 0).
 `POST /v1/decisions` (and `/v1/decisions/batch`) is log-only (apprentice) mode: the app sends
 the decision it took itself, serving checks and logs it and answers what the deployed model
 would have done.
-`/healthz` says which model serves and why the server is degraded; `/metrics` is Prometheus
+`/healthz` says which model serves, the canary beside it and why the server is degraded; `/metrics` is Prometheus
 text. All errors go through one handler that maps error types to status codes and always
 returns an `ErrorBody` with a request id.
 """
@@ -45,7 +46,7 @@ from serving.errors import (
     UnknownAppError,
     WrongKindError,
 )
-from serving.model_holder import LoadedModel, ModelHolder
+from serving.model_holder import LoadedModel, ModelHolder, Served
 from serving.schemas import (
     ActRequest,
     ActResponse,
@@ -53,6 +54,7 @@ from serving.schemas import (
     BatchActResponse,
     BatchLoggedDecisionRequest,
     BatchLoggedDecisionResponse,
+    CanaryHealth,
     ErrorBody,
     HealthStatus,
     LoggedDecision,
@@ -272,15 +274,21 @@ def _stop_runtime(runtime: _Runtime) -> None:
 
 
 def _health(runtime: _Runtime) -> HealthStatus:
-    model = runtime.holder.current()
+    served = runtime.holder.snapshot()
+    canary = served.canary
     reasons = [
         reason
         for reason in (runtime.holder.last_error, runtime.decision_log.degraded_reason())
         if reason is not None
     ]
-    version = model.version if model else _fallback_version(runtime.config)
+    version = served.current.version if served.current else _fallback_version(runtime.config)
     status = "unavailable" if version is None else "degraded" if reasons else "ok"
-    return HealthStatus(status=status, model_version=version, degraded_reasons=reasons)
+    return HealthStatus(
+        status=status,
+        model_version=version,
+        canary=CanaryHealth(model_version=canary.model.version, share=canary.share) if canary else None,
+        degraded_reasons=reasons,
+    )
 
 
 def _fallback_version(config: ServingConfig) -> str | None:
@@ -405,23 +413,53 @@ def _choose(
 
 
 async def _decide(runtime: _Runtime, requests: list[Any], batch: bool) -> list[Any]:
-    model = runtime.holder.current()  # held to the end of the request, across any swap
+    served = runtime.holder.snapshot()  # held to the end of the request, across any swap
+    models = [served.model_for(request.mdp_id) for request in requests]
     prefixes = [f"requests.{i}." if batch else "" for i in range(len(requests))]
-    for request, prefix in zip(requests, prefixes, strict=True):
+    for request, model, prefix in zip(requests, models, prefixes, strict=True):
         _check_kind(runtime, model, request.action_kind, prefix)
-    version = model.version if model is not None else _fallback_version(runtime.config)
-    if version is None:
+    fallback = _fallback_version(runtime.config)
+    versions = [model.version if model is not None else fallback for model in models]
+    if None in versions:
         raise NoModelError(
             str(runtime.config.registry_root), runtime.holder.last_error or "nothing is deployed"
         )
     contexts = await _features(runtime, requests)
-    chosen = _choose(runtime, model, requests, contexts, prefixes)
+    chosen = _choose_per_model(runtime, models, requests, contexts, prefixes)
+    _count_canary(runtime, served, models)
     now = datetime.now(UTC)
     responses = []
-    for request, context, (kind, choice) in zip(requests, contexts, chosen, strict=True):
+    for request, context, (kind, choice), version in zip(requests, contexts, chosen, versions, strict=True):
         runtime.decision_log.submit(_event(request, kind, context, choice, version, now))
         responses.append(_response(request, kind, choice, version))
     return responses
+
+
+def _choose_per_model(
+    runtime: _Runtime,
+    models: list[LoadedModel | None],
+    requests: list[Any],
+    contexts: list[dict[str, float | None]],
+    prefixes: list[str],
+) -> list[tuple[ActionKind, Choice]]:
+    """`_choose` once per distinct model (the deployed one, the canary) on its requests; request order."""
+    chosen: dict[int, tuple[ActionKind, Choice]] = {}
+    for model in {id(m): m for m in models}.values():
+        rows = [i for i, m in enumerate(models) if m is model]
+        choices = _choose(
+            runtime,
+            model,
+            [requests[i] for i in rows],
+            [contexts[i] for i in rows],
+            [prefixes[i] for i in rows],
+        )
+        chosen.update(zip(rows, choices, strict=True))
+    return [chosen[i] for i in range(len(requests))]
+
+
+def _count_canary(runtime: _Runtime, served: Served, models: list[LoadedModel | None]) -> None:
+    if served.canary is not None and (n := sum(m is served.canary.model for m in models)):
+        runtime.metrics.add("canary_decisions", n)
 
 
 async def _log_app_decisions(

@@ -265,12 +265,20 @@ class BatchLoggedDecisionResponse(_Record):
     responses: list[LoggedDecisionResponse]
 
 
+class CanaryHealth(_Record):
+    """The canary model serving beside `HealthStatus.model_version`, and its share of the episodes."""
+
+    model_version: str
+    share: float = Field(description="share of the episodes (by mdp_id) the canary decides, in (0, 1)")
+
+
 class HealthStatus(_Record):
-    """`/healthz`: which model serves, and why the server is degraded if it is."""
+    """`/healthz`: which model serves, the canary beside it, and why the server is degraded if it is."""
 
     schema_version: Literal[1] = 1
     status: Literal["ok", "degraded", "unavailable"]
     model_version: str | None
+    canary: CanaryHealth | None = Field(None, description="the canary being served; null when none is")
     degraded_reasons: list[str] = Field(default_factory=list)
 
 

@@ -45,7 +45,14 @@ from trainer.policy import (
     SoftmaxExploration,
     action_distribution,
 )
-from trainer.registry import DeploymentEvent, DeploymentKind, DeploymentState, ModelRegistry
+from trainer.registry import (
+    CanaryState,
+    DeploymentEvent,
+    DeploymentKind,
+    DeploymentState,
+    ModelRegistry,
+    canary_takes,
+)
 from trainer.run_config import RunConfigError, TrainRunConfig, load_run_config
 from trainer.sac import SacConfig, train_sac
 from trainer.td3 import Td3Config, train_td3
@@ -64,6 +71,7 @@ __all__ = [
     "CorruptModelError",
     "CqlConfig",
     "DataRange",
+    "CanaryState",
     "DeploymentEvent",
     "DeploymentKind",
     "DeploymentState",
@@ -79,6 +87,7 @@ __all__ = [
     "GreedyExploration",
     "ModelMetadata",
     "ModelRegistry",
+    "canary_takes",
     "OnnxPolicy",
     "ParametricPolicy",
     "PolicyInputError",

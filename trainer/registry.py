@@ -3,10 +3,13 @@
 Layout under `root`:
   models/<version>/model.onnx      the graph (written first)
   models/<version>/metadata.json   `ModelMetadata` (written last: a version without it is incomplete)
-  deployed.json                    `DeploymentState`: current version + history, replaced atomically
-Serving watches `deployed.json`; evaluation moves it through `deploy` / `rollback`. Before the
-pointer moves, the target's graph is held to its kind's serving signature
-(`trainer.signatures.check_signature`); a refused model leaves the pointer where it was.
+  deployed.json                    `DeploymentState`: current version, an optional canary, and the
+                                   history, replaced atomically
+Serving watches `deployed.json`; evaluation moves it through `deploy` / `rollback`, and through
+`start_canary` / `end_canary` when a candidate the logged data cannot judge serves a share of the
+episodes until their realized returns can (`evaluation.canary`). Before the pointer moves, the
+target's graph is held to its kind's serving signature (`trainer.signatures.check_signature`); a
+refused model leaves the pointer where it was.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ _POINTER_FILE = "deployed.json"
 class DeploymentKind(StrEnum):
     DEPLOY = "deploy"
     ROLLBACK = "rollback"
+    CANARY_START = "canary_start"
+    CANARY_STOP = "canary_stop"  # the canary ended without being deployed (a promotion is a DEPLOY)
 
 
 class DeploymentEvent(BaseModel):
@@ -54,6 +59,22 @@ class DeploymentEvent(BaseModel):
     reason: str
 
 
+class CanaryState(BaseModel):
+    """A candidate served to `share` of the episodes beside the current version, since `started_at`.
+
+    Serving routes each episode (its `mdp_id`, else its entity) by a stable hash (`canary_takes`),
+    so a whole episode stays on one model; `baseline` is what the other episodes get (the current
+    version, or None: serving's day-0 fallback)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    share: float = Field(gt=0.0, lt=1.0)
+    baseline: str | None
+    started_at: datetime
+    reason: str
+
+
 class DeploymentState(BaseModel):
     """Contents of `deployed.json`."""
 
@@ -61,6 +82,7 @@ class DeploymentState(BaseModel):
 
     schema_version: Literal[1] = 1
     current: str | None = None
+    canary: CanaryState | None = None
     history: list[DeploymentEvent] = Field(default_factory=list)
 
     def deploy_stack(self) -> list[str]:
@@ -69,9 +91,16 @@ class DeploymentState(BaseModel):
         for event in self.history:
             if event.kind is DeploymentKind.DEPLOY:
                 stack.append(event.version)
-            elif stack:
+            elif event.kind is DeploymentKind.ROLLBACK and stack:
                 stack.pop()
         return stack
+
+
+def canary_takes(key: str, share: float) -> bool:
+    """Whether the episode or entity `key` goes to the canary: its first 8 bytes of BLAKE2b as a
+    fraction of 2⁶⁴, below `share`. Stable across processes and restarts (unlike `hash`)."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < share
 
 
 class ModelRegistry:
@@ -225,6 +254,8 @@ class ModelRegistry:
     def deploy(self, version: str, reason: str) -> DeploymentState:
         """Point `deployed.json` at `version` after verifying it; a corrupt model (`CorruptModelError`)
         or one that does not fit its kind's serving signature (`SignatureMismatchError`) leaves it unchanged.
+        A running canary ends with it (promoted when it is `version`): it was compared with the
+        version that is no longer current.
         """
         self.verify_servable(version)
         with self._locked():
@@ -236,7 +267,74 @@ class ModelRegistry:
                 at=datetime.now(UTC),
                 reason=reason,
             )
-            return self._write_state(DeploymentState(current=version, history=[*state.history, event]))
+            events = list(state.history)
+            if state.canary is not None and state.canary.version != version:
+                events.append(self._canary_stop(state, f"{version} deployed instead", event.at))
+            return self._write_state(DeploymentState(current=version, history=[*events, event]))
+
+    def canary(self) -> CanaryState | None:
+        """The running canary, or None."""
+        return self.deployment_state().canary
+
+    def start_canary(self, version: str, share: float, reason: str) -> DeploymentState:
+        """Serve `version` to `share` of the episodes beside the current version (replacing any
+        running canary), after the same verification as `deploy`; its kind must be the current one's."""
+        _, metadata = self.verify_servable(version)
+        with self._locked():
+            state = self.deployment_state()
+            if state.current is not None and version == state.current:
+                raise RegistryError(f"model {version} is already deployed; a canary must be another version")
+            if state.current is not None:
+                current_kind = self.metadata(state.current).action_kind
+                if current_kind != metadata.action_kind:
+                    raise RegistryError(
+                        f"canary {version} is a {metadata.action_kind.value} model but the deployed "
+                        f"{state.current} is {current_kind.value}; serving answers one kind"
+                    )
+            now = datetime.now(UTC)
+            events = list(state.history)
+            if state.canary is not None:
+                events.append(self._canary_stop(state, f"replaced by canary {version}", now))
+            events.append(
+                DeploymentEvent(
+                    kind=DeploymentKind.CANARY_START,
+                    version=version,
+                    previous=state.current,
+                    at=now,
+                    reason=reason,
+                )
+            )
+            canary = CanaryState(
+                version=version, share=share, baseline=state.current, started_at=now, reason=reason
+            )
+            return self._write_state(state.model_copy(update={"canary": canary, "history": events}))
+
+    def end_canary(self, *, promote: bool, reason: str) -> DeploymentState:
+        """End the running canary: deploy it (`promote`) or go back to the current version alone."""
+        state = self.deployment_state()
+        if state.canary is None:
+            raise RegistryError(f"no canary is running in {self.root}")
+        if promote:
+            return self.deploy(state.canary.version, reason)
+        with self._locked():
+            state = self.deployment_state()
+            if state.canary is None:
+                return state
+            event = self._canary_stop(state, reason, datetime.now(UTC))
+            return self._write_state(
+                state.model_copy(update={"canary": None, "history": [*state.history, event]})
+            )
+
+    @staticmethod
+    def _canary_stop(state: DeploymentState, reason: str, at: datetime) -> DeploymentEvent:
+        assert state.canary is not None
+        return DeploymentEvent(
+            kind=DeploymentKind.CANARY_STOP,
+            version=state.canary.version,
+            previous=state.current,
+            at=at,
+            reason=reason,
+        )
 
     def rollback(self, reason: str) -> str:
         """Return to the version deployed before the current one; returns that version.
@@ -260,7 +358,11 @@ class ModelRegistry:
                 at=datetime.now(UTC),
                 reason=reason,
             )
-            self._write_state(DeploymentState(current=target, history=[*state.history, event]))
+            # A running canary was compared with the version rolled back from: it ends here too.
+            events = list(state.history)
+            if state.canary is not None:
+                events.append(self._canary_stop(state, f"rolled back to {target}", event.at))
+            self._write_state(DeploymentState(current=target, history=[*events, event]))
             return target
 
     def _claim_version_dir(self, sha256: str) -> tuple[Path, str]:

@@ -1,8 +1,11 @@
 """`streamrl deploy VERSION`: point the registry's deploy pointer at a registered model.
 
-`streamrl deploy --list` shows the registered versions and which one is deployed. The pointer
-moves only after the version's ONNX file passes its sha256 check and loads in onnxruntime;
-serving follows it within its poll interval, and `streamrl rollback` moves it back.
+`streamrl deploy --list` shows the registered versions, which one is deployed and which is a
+canary. The pointer moves only after the version's ONNX file passes its sha256 check and loads in
+onnxruntime; serving follows it within its poll interval, and `streamrl rollback` moves it back.
+`streamrl deploy VERSION --canary SHARE` serves VERSION to SHARE of the episodes beside the
+deployed model instead (the next refresh judges it on realized returns, docs/evaluation.md);
+`streamrl deploy --end-canary` ends a canary without deploying it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target.add_argument(
         "--list", action="store_true", help="list registered versions and which one is deployed"
     )
+    target.add_argument(
+        "--end-canary", action="store_true", help="end the running canary; the deployed model serves alone"
+    )
+    parser.add_argument(
+        "--canary",
+        type=float,
+        metavar="SHARE",
+        help="serve VERSION to this share (0..1) of episodes beside the deployed model instead of deploying it",
+    )
     parser.add_argument("--reason", default="manual deploy", help="recorded in the deployment history")
 
 
@@ -44,6 +56,13 @@ def run(args: argparse.Namespace) -> int:
     registry = ModelRegistry(environment_from(args).registry_dir)
     if args.list:
         print(format_versions(registry))
+        return 0
+    if args.end_canary:
+        canary = registry.canary()
+        if canary is None:
+            raise RegistryError(f"no canary is running in {registry.root}")
+        registry.end_canary(promote=False, reason=args.reason)
+        print(f"canary {canary.version} ended; {registry.deployed() or 'the day-0 fallback'} serves alone")
         return 0
     known = registry.list_versions()
     if args.version not in known:
@@ -55,6 +74,16 @@ def run(args: argparse.Namespace) -> int:
             version=args.version,
         )
     before = registry.deployed()
+    if args.canary is not None:
+        if not 0.0 < args.canary < 1.0:
+            raise RegistryError(
+                f"--canary takes the share of episodes, between 0 and 1 exclusive; got {args.canary}"
+            )
+        registry.start_canary(args.version, args.canary, args.reason)
+        print(
+            f"canary: {args.version} serves {args.canary:.0%} of episodes beside {before or 'the day-0 fallback'}"
+        )
+        return 0
     registry.deploy(args.version, args.reason)
     print(f"deployed: {before} -> {args.version} (serving picks it up within its poll interval)")
     return 0
@@ -86,6 +115,8 @@ def format_versions(registry: ModelRegistry) -> str:
     marks = {stack[-2]: "rollback target"} if len(stack) >= 2 else {}
     if state.current is not None:
         marks[state.current] = "deployed"
+    if state.canary is not None:
+        marks[state.canary.version] = f"canary {state.canary.share:.0%}"
     rows = []
     for version in versions:
         metadata = registry.metadata(version)

@@ -69,6 +69,8 @@ gate:                           # when a candidate may replace the served model
   threshold: 1.0                # lower bound of the normalized estimate must reach this (1.0 = as good as now)
   min_effective_sample_size: 100
   max_swing: 0.5                # hold a candidate whose estimate moves > 50 % from the last deployed one's
+  # canary: {{share: 0.1, min_episodes: 10, confidence: 0.95}}  # a candidate the logged data cannot judge
+  #                             # serves 10 % of episodes until realized returns decide (else it is rejected)
 
 health:                         # logged data must pass these before a candidate may deploy
   max_missing_feature_share: 0.5

@@ -264,3 +264,21 @@ def test_html_report_draws_an_interval_that_does_not_contain_its_point() -> None
     decision = gate_model(report, None, GateConfig())
     page = render_html(report, decision.summary, decision.reasons, decision.notes)
     assert "<img" in page and "1.21" in page and "1.3" in page
+
+
+def test_undecided_only_when_the_data_cannot_judge_and_nothing_is_wrong() -> None:
+    """`undecided` (what a canary may take over) means: rejected for lack of evidence alone."""
+    config = GateConfig(min_effective_sample_size=100)
+    # Cannot judge: low ESS, or an unreliable report — even with the lower bound under the threshold.
+    assert gate_model(_report(ess=40.0), None, config).undecided
+    assert gate_model(_report(reliable=False, normalized_low=0.9), None, config).undecided
+    # Judged: a reliable, well-supported estimate whose lower bound falls short is a verdict.
+    short = gate_model(_report(normalized_low=0.98), None, config)
+    assert not short.approved and not short.undecided
+    assert not gate_model(_report(), None, config).undecided  # approved
+    # Something is wrong besides: non-finite values, or a swing, are never left to a canary.
+    assert not gate_model(_report(normalized_low=math.nan, ess=40.0), None, config).undecided
+    swung = gate_model(
+        _report(value=3.0, ess=40.0), _report(value=2.0, version="m0001-bbbbbbbb"), GateConfig(max_swing=0.2)
+    )
+    assert not swung.approved and not swung.undecided

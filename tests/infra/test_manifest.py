@@ -42,6 +42,7 @@ def write(tmp_path: Path, data: dict, name: str = "manifest.yaml") -> Path:
         ({"candidates": [{"learning_rate": -1}]}, "<root>", "candidates[0].learning_rate"),
         ({"candidates": [{"type": "cql"}]}, "<root>", "varies the knobs of 'dqn' only"),
         ({"colour": "blue"}, "colour", "Extra inputs"),
+        ({"gate": {"canary": {"share": 1.5}}}, "gate.canary.share", "less than 1"),
     ],
 )
 def test_a_bad_manifest_names_file_key_value_and_reason(
@@ -120,7 +121,13 @@ def test_the_app_environment_is_namespaced_and_carries_the_manifest(tmp_path: Pa
                 "attribution_window_s": 30,
                 "max_mdp_length": 9,
             },
-            "gate": {"problem": "one_step", "headline": "sndr", "threshold": 1.02, "min_rows": 300},
+            "gate": {
+                "problem": "one_step",
+                "headline": "sndr",
+                "threshold": 1.02,
+                "min_rows": 300,
+                "canary": {"share": 0.2, "min_episodes": 30},
+            },
             "serving": {"port": 18111},
         }
     )
@@ -144,6 +151,8 @@ def test_the_app_environment_is_namespaced_and_carries_the_manifest(tmp_path: Pa
     assert (serving.app, serving.port, serving.action_kind) == ("shop", 18111, ActionKind.DISCRETE)
     assert serving.fallback.type == "uniform"
     assert env.config.evaluation.headline == "sndr" and env.config.evaluation.gate.threshold == 1.02
+    canary = env.config.evaluation.gate.canary
+    assert (canary.share, canary.min_episodes, canary.confidence) == (0.2, 30, 0.95)
     assert env.config.normalization.override("age").feature_type.value == "continuous"
     assert env.monitoring_config().app_id == "streamrl-monitor-shop"
 

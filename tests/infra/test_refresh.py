@@ -95,3 +95,55 @@ def test_refresh_trains_evaluates_and_gates_a_non_discrete_type(
     assert result.report is not None, result.decision.reasons
     assert (env.reports_dir / result.candidate.version / "cpe_report.json").is_file()
     assert (registry.deployed() == result.candidate.version) == result.decision.approved
+
+
+def test_an_undecided_candidate_becomes_a_canary_and_the_next_refresh_promotes_it(tmp_path: Path) -> None:
+    """With `gate.canary`, a candidate the data cannot judge (here: an effective-sample-size minimum no
+    data reach) serves a share of episodes; the next refresh promotes it on better realized returns
+    and starts its own undecided candidate as the new canary."""
+    trainer = {
+        "type": "sac",
+        "action_low": [-2.0],
+        "action_high": [2.0],
+        "hidden_sizes": [8],
+        "num_epochs": 2,
+    }
+    evaluation = {
+        **SMALL_EVALUATION,
+        "gate": {"min_effective_sample_size": 1e9, "canary": {"share": 0.5, "min_episodes": 5}},
+    }
+    config = load_config(overrides={"trainer": {**trainer, "batch_size": 32}, "evaluation": evaluation})
+    env = Environment.from_config(config, tmp_path / "run")
+    rows = pd.DataFrame(
+        TIMELINES[ActionKind.CONTINUOUS](
+            {"actions": ["torque"], "algorithm": trainer}, np.random.default_rng(3), 300
+        )
+    )
+    lines: list[str] = []
+    first = run_refresh(env, rows, rows, None, EpsilonGreedyExploration(), label="n0", progress=lines.append)
+    registry = ModelRegistry(env.registry_dir)
+    assert first.decision.undecided and first.decision.canary and not first.decision.deployed
+    canary = registry.canary()
+    assert canary is not None and canary.version == first.candidate.version and canary.baseline is None
+    assert "as a canary" in lines[-1]
+    assert "canary: serves 50% of episodes" in first.decision.summary
+
+    # The episodes since: those the canary served returned 1.0 more per step than the baseline's.
+    later = rows.copy()
+    later["mdp_id"] = "after-" + later["mdp_id"]
+    later["timestamp"] = pd.Timestamp(canary.started_at) + pd.to_timedelta(
+        later["sequence_number"] + 1, unit="s"
+    )
+    served_by_canary = later["mdp_id"].str[-1].isin(list("02468"))
+    later["model_version"] = np.where(served_by_canary, canary.version, "day0-uniform")
+    later["reward"] = later["reward"] + np.where(served_by_canary, 1.0, 0.0)
+    both = pd.concat([rows, later], ignore_index=True)
+    second = run_refresh(
+        env, both, later, None, EpsilonGreedyExploration(), label="n1", progress=lines.append
+    )
+    verdict = second.canary_verdict
+    assert verdict is not None and verdict.outcome == "promote", verdict
+    assert verdict.canary_episodes >= 5 and verdict.baseline_episodes >= 5
+    assert registry.deployed() == first.candidate.version
+    assert registry.canary().version == second.candidate.version  # the next undecided one
+    assert (env.reports_dir / first.candidate.version / "canary.json").is_file()

@@ -148,6 +148,7 @@ def test_corrupt_deploy_keeps_previous_model_and_is_reported(config, registry):
             "schema_version": 1,
             "status": "ok",
             "model_version": fixed,
+            "canary": None,
             "degraded_reasons": [],
         }
         assert client.post("/v1/act", json=BODY).json()["model_version"] == fixed

@@ -128,3 +128,52 @@ def test_register_records_the_action_kind(tmp_path: Path, onnx_models: list[byte
     ):
         registry.deploy(declared.version, reason="the kind does not fit")
     assert registry.deployed() is None
+
+
+def test_canary_lifecycle_in_the_deploy_pointer(tmp_path: Path, onnx_models: list[bytes]) -> None:
+    """A canary sits beside the current version in deployed.json; promoting deploys it, a deploy of
+    another version or a rollback ends it, and canary events never count as deploys for rollback."""
+    registry = ModelRegistry(tmp_path)
+    a, b, c = (_register(registry, onnx).version for onnx in onnx_models)
+    registry.start_canary(b, 0.25, "cannot judge")  # beside nothing deployed: the day-0 fallback
+    state = registry.deployment_state()
+    assert state.current is None and state.canary.version == b and state.canary.baseline is None
+    on_disk = json.loads((tmp_path / "deployed.json").read_text())
+    assert on_disk["canary"]["version"] == b and on_disk["canary"]["share"] == 0.25
+
+    registry.deploy(a, "first")  # another version deployed: the canary ends
+    state = registry.deployment_state()
+    assert (state.current, state.canary) == (a, None)
+    assert [e.kind.value for e in state.history] == ["canary_start", "canary_stop", "deploy"]
+
+    registry.start_canary(b, 0.5, "again")
+    registry.start_canary(c, 0.5, "a newer candidate")  # replaces the running one
+    assert registry.canary().version == c and registry.canary().baseline == a
+    registry.end_canary(promote=True, reason="better")
+    state = registry.deployment_state()
+    assert (state.current, state.canary) == (c, None)
+    assert state.deploy_stack() == [a, c]  # canary events are not deploys
+    assert registry.rollback("back") == a
+
+    with pytest.raises(RegistryError, match="already deployed"):
+        registry.start_canary(a, 0.5, "same as current")
+    with pytest.raises(RegistryError, match="no canary is running"):
+        registry.end_canary(promote=False, reason="none")
+    with pytest.raises(ValueError):
+        registry.start_canary(b, 1.5, "share out of range")
+    assert registry.canary() is None and registry.deployed() == a
+
+
+def test_a_canary_of_another_kind_is_refused(tmp_path: Path, onnx_models: list[bytes]) -> None:
+    registry = ModelRegistry(tmp_path)
+    registry.deploy(_register(registry, onnx_models[0]).version, "discrete")
+    parametric = registry.register(
+        onnx_models[1],
+        feature_names=["x1", "x2"],
+        actions=BANDIT_ACTIONS,
+        algorithm="parametric_dqn",
+        action_kind="parametric",
+    )
+    with pytest.raises(RegistryError):
+        registry.start_canary(parametric.version, 0.5, "wrong kind")
+    assert registry.canary() is None
