@@ -242,7 +242,7 @@ def families() -> dict[str, Family]:
             # balance the pendulum most logged states sit upright and still, and angular velocity and
             # cos θ identify as QUANTILE: the swing-up range |ω| > 2 is squeezed into the top 5 % of
             # [0, 1] and offline SAC cannot tell those states apart (on the same 20 000 logged
-            # steps: −1 000 to −1 100 with identified types over three seeds, −160 forced).
+            # steps: −1 080 to −1 170 with identified types over three seeds, −159 and −168 forced).
             "normalization": {"overrides": {name: "continuous" for name in PENDULUM.feature_names}},
         },
         score_episodes=20,
