@@ -32,6 +32,11 @@ ALERTS_FILE = "alerts.jsonl"
 
 _log = logging.getLogger(__name__)
 
+# A bound this close below the threshold is at it: float rounding of an estimate that equals the
+# logged policy's value exactly (CartPole's reward is always 1: every bootstrap refit of DR gives
+# 1 ± 1e-15, and a lower bound of 0.9999999999999998 must not reject "as good as now").
+THRESHOLD_ROUNDING = 1e-9
+
 
 class GateAlert(BaseModel):
     """An anomaly that holds a model back until a person looks: the estimate swung too far."""
@@ -138,7 +143,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
             f"the headline estimate {name} has non-finite values (value {head.value}, interval "
             f"{head.ci_low}..{head.ci_high})"
         )
-    elif head.normalized_ci_low < config.threshold:
+    elif head.normalized_ci_low < config.threshold - THRESHOLD_ROUNDING:
         short_bounds.append(
             f"normalized {name} lower bound {head.normalized_ci_low:.4f} is below the threshold "
             f"{config.threshold:.4f} (estimate {head.normalized:.4f}×, {int(round(head.confidence * 100))}% interval)"
@@ -152,7 +157,7 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
             )
         else:
             checked[f"{bound.method.value}_normalized_lower"] = bound.normalized_lower
-            if not (bound.normalized_lower >= config.threshold):
+            if not (bound.normalized_lower >= config.threshold - THRESHOLD_ROUNDING):
                 short_bounds.append(
                     f"the {bound.method.value} lower bound on {bound.estimator} is {bound.normalized_lower:.4f}× the "
                     f"logged policy, below the threshold {config.threshold:.4f}"

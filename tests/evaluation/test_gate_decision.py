@@ -282,3 +282,9 @@ def test_undecided_only_when_the_data_cannot_judge_and_nothing_is_wrong() -> Non
         _report(value=3.0, ess=40.0), _report(value=2.0, version="m0001-bbbbbbbb"), GateConfig(max_swing=0.2)
     )
     assert not swung.approved and not swung.undecided
+
+
+def test_a_bound_at_the_threshold_up_to_float_rounding_passes() -> None:
+    """1.0 means "at least as good": a bound equal to it but for the last bits is not below it."""
+    assert gate_model(_report(normalized_low=1.0 - 2e-16), None, GateConfig(threshold=1.0)).approved
+    assert not gate_model(_report(normalized_low=1.0 - 1e-6), None, GateConfig(threshold=1.0)).approved

@@ -215,6 +215,33 @@ def test_deploy_and_rollback_move_the_pointer(environment, tmp_path: Path, capsy
     assert pointer(env)["current"] == first
 
 
+def test_deploy_canary_starts_lists_and_ends_one(environment, tmp_path: Path, capsys) -> None:
+    path, env = environment
+    registry = ModelRegistry(env.registry_dir)
+    first = register_rule_policy(registry, NotificationSimConfig(rule_max_active_days=2)).version
+    second = register_rule_policy(registry, NotificationSimConfig(rule_max_active_days=4)).version
+    args = ["--config", str(path)]
+    assert main(["deploy", first, *args]) == 0
+    assert main(["deploy", second, "--canary", "0.25", *args]) == 0
+    assert f"canary: {second} serves 25% of episodes beside {first}" in capsys.readouterr().out
+    state = pointer(env)
+    assert state["current"] == first
+    assert (state["canary"]["version"], state["canary"]["share"], state["canary"]["baseline"]) == (
+        second,
+        0.25,
+        first,
+    )
+    assert main(["deploy", "--list", *args]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[first].split()[1] == "deployed" and rows[second].split()[1:3] == ["canary", "25%"]
+    assert main(["deploy", second, "--canary", "1.5", *args]) == 1
+    assert "between 0 and 1" in capsys.readouterr().err
+    assert main(["deploy", "--end-canary", *args]) == 0
+    assert pointer(env)["canary"] is None and pointer(env)["current"] == first
+    assert main(["deploy", "--end-canary", *args]) == 1
+    assert "no canary is running" in capsys.readouterr().err
+
+
 def test_monitor_once_prints_the_latest_revision_of_each_window(environment, tmp_path: Path) -> None:
     path, env = environment
     start = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
