@@ -165,11 +165,17 @@ def test_help_lists_every_command_and_imports_nothing_heavy(tmp_path: Path) -> N
     assert usage.returncode == 2 and "streamrl deploy: error: one of the arguments" in usage.stderr
 
 
-def test_deploy_and_rollback_move_the_pointer(environment, tmp_path: Path, capsys) -> None:
-    path, env = environment
+def two_rules(env: Environment) -> tuple[ModelRegistry, str, str]:
+    """The environment's registry with two hand-written rules registered (nothing deployed)."""
     registry = ModelRegistry(env.registry_dir)
     first = register_rule_policy(registry, NotificationSimConfig(rule_max_active_days=2)).version
     second = register_rule_policy(registry, NotificationSimConfig(rule_max_active_days=4)).version
+    return registry, first, second
+
+
+def test_deploy_and_rollback_move_the_pointer(environment, tmp_path: Path, capsys) -> None:
+    path, env = environment
+    registry, first, second = two_rules(env)
     args = ["--config", str(path)]
 
     done = streamrl("deploy", first, *args, "--reason", "day-0 rule", cwd=tmp_path)
@@ -217,9 +223,7 @@ def test_deploy_and_rollback_move_the_pointer(environment, tmp_path: Path, capsy
 
 def test_deploy_canary_starts_lists_and_ends_one(environment, tmp_path: Path, capsys) -> None:
     path, env = environment
-    registry = ModelRegistry(env.registry_dir)
-    first = register_rule_policy(registry, NotificationSimConfig(rule_max_active_days=2)).version
-    second = register_rule_policy(registry, NotificationSimConfig(rule_max_active_days=4)).version
+    registry, first, second = two_rules(env)
     args = ["--config", str(path)]
     assert main(["deploy", first, *args]) == 0
     assert main(["deploy", second, "--canary", "0.25", *args]) == 0
