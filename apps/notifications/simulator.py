@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,9 +44,8 @@ from typing import Any
 import httpx
 import numpy as np
 import yaml
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
 
+from apps.app_client import AppClientError, RewardProducer, post_batches
 from apps.notifications.world import (
     ACTIONS,
     DONT_SEND,
@@ -63,7 +62,7 @@ MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.yaml"
 _DEFAULTS = NotificationSimConfig()
 
 
-class SimulatorError(Exception):
+class SimulatorError(AppClientError):
     """The manifest does not fit the world, or serving or Kafka failed the app."""
 
 
@@ -215,46 +214,36 @@ def run_day(
         oracle_reward=sim.oracle_value(day),
     )
     sent_previous = np.zeros(config.n_users, dtype=bool)
-    producer = _producer(bootstrap)
-    futures = []
-    try:
-        with httpx.Client(base_url=url, timeout=timeout_s) as client:
-            for slot in range(config.slots_per_day):
-                features = sim.features(day, slot, sent_previous)
-                contexts = slot_contexts(sim, day, slot, features)
-                if _serving_model(client, settings) is None:
-                    decisions = rule.decide(features, rule_rng)
-                    bodies = logged_decisions(contexts, decisions, rule.name)
-                    logged = _post(client, settings.route("decisions/batch"), "decisions", bodies, batch)
-                    ids = [item["request_id"] for item in logged]
-                    send, versions = decisions.send, [rule.name] * len(ids)
-                else:
-                    answers = _post(client, settings.route("act/batch"), "requests", contexts, batch)
-                    ids = [a["request_id"] for a in answers]
-                    send = np.array([a["action"] == SEND for a in answers])
-                    versions = [a["model_version"] for a in answers]
-                engaged = sim.draw_engagement(day, slot, send, sent_previous)
-                now = datetime.now(UTC)
-                for request_id, user_engaged, user_sent in zip(ids, engaged, send, strict=True):
-                    event = reward_event(request_id, bool(user_engaged), bool(user_sent), now)
-                    futures.append(_send(producer, settings.rewards_topic, event))
-                for version in versions:
-                    result.model_versions[version] = result.model_versions.get(version, 0) + 1
-                result.request_ids.extend(ids)
-                result.total_reward += float(sim.reward(engaged, send).sum())
-                result.sends += int(send.sum())
-                result.decisions += len(ids)
-                sent_previous = send
-        producer.flush(timeout=timeout_s)
-        failed = [f for f in futures if not f.is_done or f.failed()]
-        if failed:
-            first_error = next((f.exception for f in failed if f.is_done), "not delivered in time")
-            raise SimulatorError(
-                f"{len(failed)} of {len(futures)} reward events did not reach {settings.rewards_topic!r} at "
-                f"{bootstrap}: {first_error!r}; is the local stack up?"
-            )
-    finally:
-        producer.close(timeout=5)
+    with (
+        RewardProducer(bootstrap, settings.rewards_topic, timeout_s) as producer,
+        httpx.Client(base_url=url, timeout=timeout_s) as client,
+    ):
+        for slot in range(config.slots_per_day):
+            features = sim.features(day, slot, sent_previous)
+            contexts = slot_contexts(sim, day, slot, features)
+            if _serving_model(client, settings) is None:
+                decisions = rule.decide(features, rule_rng)
+                bodies = logged_decisions(contexts, decisions, rule.name)
+                logged = post_batches(client, settings.route("decisions/batch"), "decisions", bodies, batch)
+                ids = [item["request_id"] for item in logged]
+                send, versions = decisions.send, [rule.name] * len(ids)
+            else:
+                answers = post_batches(client, settings.route("act/batch"), "requests", contexts, batch)
+                ids = [a["request_id"] for a in answers]
+                send = np.array([a["action"] == SEND for a in answers])
+                versions = [a["model_version"] for a in answers]
+            engaged = sim.draw_engagement(day, slot, send, sent_previous)
+            now = datetime.now(UTC)
+            for request_id, user_engaged, user_sent in zip(ids, engaged, send, strict=True):
+                event = reward_event(request_id, bool(user_engaged), bool(user_sent), now)
+                producer.send(event)
+            for version in versions:
+                result.model_versions[version] = result.model_versions.get(version, 0) + 1
+            result.request_ids.extend(ids)
+            result.total_reward += float(sim.reward(engaged, send).sum())
+            result.sends += int(send.sum())
+            result.decisions += len(ids)
+            sent_previous = send
     return result
 
 
@@ -272,40 +261,6 @@ def _serving_model(client: httpx.Client, settings: AppSettings) -> str | None:
             f"GET {client.base_url}{route} answered {response.status_code}: {response.text[:500]}"
         )
     return response.json().get("model_version")
-
-
-def _post(
-    client: httpx.Client, route: str, key: str, bodies: Sequence[Mapping[str, Any]], batch: int
-) -> list[dict[str, Any]]:
-    """POST `bodies` in batches of `batch` under `key`; every item of the responses, in order."""
-    out: list[dict[str, Any]] = []
-    for first in range(0, len(bodies), batch):
-        part = list(bodies[first : first + batch])
-        try:
-            response = client.post(route, json={"schema_version": 1, key: part})
-        except httpx.HTTPError as exc:
-            raise SimulatorError(
-                f"POST {client.base_url}{route} failed: {exc!r}; is `streamrl up` serving this app's manifest?"
-            ) from exc
-        if response.status_code != 200:
-            raise SimulatorError(
-                f"POST {client.base_url}{route} answered {response.status_code}: {response.text[:500]}"
-            )
-        out.extend(response.json()["responses"])
-    return out
-
-
-def _producer(bootstrap: str) -> KafkaProducer:
-    """A JSON-over-Kafka producer; `api_version` is left for it to ask the broker."""
-    try:
-        return KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    except KafkaError as exc:
-        raise SimulatorError(f"cannot reach Kafka at {bootstrap}: {exc!r}; is the local stack up?") from exc
-
-
-def _send(producer: KafkaProducer, topic: str, event: dict[str, Any]) -> Any:
-    """Produce one reward event as JSON, keyed by its request id (the join key)."""
-    return producer.send(topic, key=event["request_id"].encode(), value=json.dumps(event).encode("utf-8"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -345,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             n_users=args.users, seed=args.seed, rule_seed=args.rule_seed, rule_epsilon=args.rule_epsilon
         )
         result = run_day(args.url, args.bootstrap, args.day, config, batch=args.batch, manifest=args.manifest)
-    except (SimulatorError, ValueError) as exc:
+    except (AppClientError, ValueError) as exc:
         print(f"notifications simulator: {exc}", file=sys.stderr)
         return 1
     if args.request_ids is not None:

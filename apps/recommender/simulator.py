@@ -37,7 +37,7 @@ Every request is its own episode (`mdp_id` = its request id).
     python apps/recommender/simulator.py --url http://127.0.0.1:18082 \\
         --bootstrap 127.0.0.1:19092 --decisions 3000 --seed 1 [--batch 200]
 
-Nothing here imports streamrl: an app talks to it over HTTP and Kafka only.
+Nothing here imports a streamrl stage: an app talks to it over HTTP and Kafka only (`apps.app_client`).
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ from typing import Any
 import httpx
 import numpy as np
 import yaml
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
+
+from apps.app_client import AppClientError, RewardProducer, post_batches
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.yaml"
 
@@ -77,7 +77,7 @@ ITEM_FEATURES = (*(f"item_topic_{k}" for k in range(TOPICS)), "item_quality")
 REWARD_WEIGHTS: dict[str, float] = {"click": 1.0}
 
 
-class SimulatorError(Exception):
+class SimulatorError(AppClientError):
     """The simulator was asked something its world cannot answer, or serving/Kafka failed it."""
 
 
@@ -303,37 +303,27 @@ def run(
     chosen: list[int] = []
     rewards: list[float] = []
     versions: dict[str, int] = {}
-    producer = _producer(bootstrap)
-    try:
-        with httpx.Client(base_url=url, timeout=timeout_s) as client:
-            sent = []
-            for first in range(0, decisions, batch):
-                part = requests[first : first + batch]
-                bodies = [act_request(world, r) for r in part]
-                responses = _act(client, route, bodies)
-                for request, body, response in zip(part, bodies, responses, strict=True):
-                    if response["request_id"] != body["request_id"]:
-                        raise SimulatorError(
-                            f"serving answered request {response['request_id']!r} for {body['request_id']!r}"
-                        )
-                    item = chosen_item(request, response["action"])
-                    event = reward_event(
-                        body["request_id"], draw_click(rng, world, request, item), settings.weights
+    with (
+        RewardProducer(bootstrap, settings.rewards_topic, timeout_s) as producer,
+        httpx.Client(base_url=url, timeout=timeout_s) as client,
+    ):
+        for first in range(0, decisions, batch):
+            part = requests[first : first + batch]
+            bodies = [act_request(world, r) for r in part]
+            responses = post_batches(client, route, "requests", bodies, len(bodies))
+            for request, body, response in zip(part, bodies, responses, strict=True):
+                if response["request_id"] != body["request_id"]:
+                    raise SimulatorError(
+                        f"serving answered request {response['request_id']!r} for {body['request_id']!r}"
                     )
-                    sent.append(_send(producer, settings.rewards_topic, event))
-                    chosen.append(item)
-                    rewards.append(event["reward"])
-                    versions[response["model_version"]] = versions.get(response["model_version"], 0) + 1
-            producer.flush(timeout=timeout_s)
-        failed = [f for f in sent if not f.is_done or f.failed()]
-        if failed:
-            first_error = next((f.exception for f in failed if f.is_done), "not delivered in time")
-            raise SimulatorError(
-                f"{len(failed)} of {len(sent)} reward events did not reach {settings.rewards_topic!r} at "
-                f"{bootstrap}: {first_error!r}; is the local stack up?"
-            )
-    finally:
-        producer.close(timeout=5)
+                item = chosen_item(request, response["action"])
+                event = reward_event(
+                    body["request_id"], draw_click(rng, world, request, item), settings.weights
+                )
+                producer.send(event)
+                chosen.append(item)
+                rewards.append(event["reward"])
+                versions[response["model_version"]] = versions.get(response["model_version"], 0) + 1
     return {
         "app": settings.app,
         "decisions": decisions,
@@ -343,34 +333,6 @@ def run(
         "oracle_reward": oracle_value(world, requests),
         "model_versions": versions,
     }
-
-
-def _producer(bootstrap: str) -> KafkaProducer:
-    """A JSON-over-Kafka producer; `api_version` is left for it to ask the broker (Tansu)."""
-    try:
-        return KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    except KafkaError as exc:
-        raise SimulatorError(f"cannot reach Kafka at {bootstrap}: {exc!r}; is the local stack up?") from exc
-
-
-def _send(producer: KafkaProducer, topic: str, event: dict[str, Any]) -> Any:
-    """Produce one reward event as JSON, keyed by its request id (the join key)."""
-    return producer.send(topic, key=event["request_id"].encode(), value=json.dumps(event).encode("utf-8"))
-
-
-def _act(client: httpx.Client, route: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    try:
-        response = client.post(route, json={"schema_version": 1, "requests": bodies})
-    except httpx.HTTPError as exc:
-        raise SimulatorError(
-            f"POST {client.base_url}{route} failed: {exc!r}; is `streamrl up` serving this app's manifest?"
-        ) from exc
-    if response.status_code != 200:
-        raise SimulatorError(
-            f"POST {client.base_url}{route} answered {response.status_code}: {response.text[:500]}; "
-            "is `streamrl up` serving this app's manifest?"
-        )
-    return response.json()["responses"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = run(args.url, args.bootstrap, args.decisions, args.seed, args.batch, args.manifest)
-    except SimulatorError as exc:
+    except AppClientError as exc:
         print(f"recommender simulator: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary))

@@ -42,7 +42,7 @@ id): the manifest explains why.
     python apps/video_bitrate/simulator.py --url http://127.0.0.1:18081 \\
         --bootstrap 127.0.0.1:19092 --decisions 3000 --seed 1 [--batch 200]
 
-Nothing here imports streamrl: an app talks to it over HTTP and Kafka only.
+Nothing here imports a streamrl stage: an app talks to it over HTTP and Kafka only (`apps.app_client`).
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ from typing import Any
 import httpx
 import numpy as np
 import yaml
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
+
+from apps.app_client import AppClientError, RewardProducer, post_batches
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.yaml"
 
@@ -79,7 +79,7 @@ REWARD_WEIGHTS: dict[str, float] = {"quality": 1.0, "rebuffer_s": -1.0, "quality
 FEATURE_NAMES = ("bandwidth_mbps", "buffer_s", "last_bitrate_mbps")
 
 
-class SimulatorError(Exception):
+class SimulatorError(AppClientError):
     """The simulator was asked something its world cannot answer, or serving/Kafka failed it."""
 
 
@@ -261,36 +261,26 @@ def run(
     chosen: list[str] = []
     rewards: list[float] = []
     versions: dict[str, int] = {}
-    producer = _producer(bootstrap)
-    try:
-        with httpx.Client(base_url=url, timeout=timeout_s) as client:
-            sent = []
-            for first in range(0, decisions, batch):
-                part = contexts[first : first + batch]
-                bodies = [act_request(c, settings.actions) for c in part]
-                responses = _act(client, route, bodies)
-                for context, body, response in zip(part, bodies, responses, strict=True):
-                    if response["request_id"] != body["request_id"]:
-                        raise SimulatorError(
-                            f"serving answered request {response['request_id']!r} for {body['request_id']!r}"
-                        )
-                    level = response["action"]
-                    metrics = draw_outcome(rng, context, level)
-                    event = reward_event(body["request_id"], metrics, settings.weights)
-                    sent.append(_send(producer, settings.rewards_topic, event))
-                    chosen.append(level)
-                    rewards.append(event["reward"])
-                    versions[response["model_version"]] = versions.get(response["model_version"], 0) + 1
-            producer.flush(timeout=timeout_s)
-        failed = [f for f in sent if not f.is_done or f.failed()]
-        if failed:
-            first_error = next((f.exception for f in failed if f.is_done), "not delivered in time")
-            raise SimulatorError(
-                f"{len(failed)} of {len(sent)} reward events did not reach {settings.rewards_topic!r} at "
-                f"{bootstrap}: {first_error!r}; is the local stack up?"
-            )
-    finally:
-        producer.close(timeout=5)
+    with (
+        RewardProducer(bootstrap, settings.rewards_topic, timeout_s) as producer,
+        httpx.Client(base_url=url, timeout=timeout_s) as client,
+    ):
+        for first in range(0, decisions, batch):
+            part = contexts[first : first + batch]
+            bodies = [act_request(c, settings.actions) for c in part]
+            responses = post_batches(client, route, "requests", bodies, len(bodies))
+            for context, body, response in zip(part, bodies, responses, strict=True):
+                if response["request_id"] != body["request_id"]:
+                    raise SimulatorError(
+                        f"serving answered request {response['request_id']!r} for {body['request_id']!r}"
+                    )
+                level = response["action"]
+                metrics = draw_outcome(rng, context, level)
+                event = reward_event(body["request_id"], metrics, settings.weights)
+                producer.send(event)
+                chosen.append(level)
+                rewards.append(event["reward"])
+                versions[response["model_version"]] = versions.get(response["model_version"], 0) + 1
     return {
         "app": settings.app,
         "decisions": decisions,
@@ -300,34 +290,6 @@ def run(
         "oracle_reward": oracle_value(contexts, settings.weights),
         "model_versions": versions,
     }
-
-
-def _producer(bootstrap: str) -> KafkaProducer:
-    """A JSON-over-Kafka producer; `api_version` is left for it to ask the broker (Tansu)."""
-    try:
-        return KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    except KafkaError as exc:
-        raise SimulatorError(f"cannot reach Kafka at {bootstrap}: {exc!r}; is the local stack up?") from exc
-
-
-def _send(producer: KafkaProducer, topic: str, event: dict[str, Any]) -> Any:
-    """Produce one reward event as JSON, keyed by its request id (the join key)."""
-    return producer.send(topic, key=event["request_id"].encode(), value=json.dumps(event).encode("utf-8"))
-
-
-def _act(client: httpx.Client, route: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    try:
-        response = client.post(route, json={"schema_version": 1, "requests": bodies})
-    except httpx.HTTPError as exc:
-        raise SimulatorError(
-            f"POST {client.base_url}{route} failed: {exc!r}; is `streamrl up` serving this app's manifest?"
-        ) from exc
-    if response.status_code != 200:
-        raise SimulatorError(
-            f"POST {client.base_url}{route} answered {response.status_code}: {response.text[:500]}; "
-            "is `streamrl up` serving this app's manifest?"
-        )
-    return response.json()["responses"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -341,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = run(args.url, args.bootstrap, args.decisions, args.seed, args.batch, args.manifest)
-    except SimulatorError as exc:
+    except AppClientError as exc:
         print(f"video_bitrate simulator: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(summary))

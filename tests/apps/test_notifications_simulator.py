@@ -4,13 +4,13 @@ known values. Its HTTP and Kafka round trip runs in tests/infra/test_demo_e2e.py
 
 from __future__ import annotations
 
-import ast
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from app_imports import ROOT, STAGES, reached
 from pydantic import TypeAdapter
 
 from apps.notifications import simulator as sim_app
@@ -20,58 +20,19 @@ from contracts import RewardEvent, reward_value
 from infra.manifest import load_manifest
 from serving.schemas import BatchActRequest, BatchLoggedDecisionRequest, LoggedDecision
 
-ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "apps" / "notifications"
-STAGES = {"contracts", "stream", "features", "trainer", "evaluation", "serving", "infra", "monitoring"}
-
-
-def _module_file(name: str) -> Path | None:
-    """The file of an `apps…` module in this repository (None: not one of ours)."""
-    parts = name.split(".")
-    if parts[0] != "apps":
-        return None
-    base = ROOT.joinpath(*parts)
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    return base.with_suffix(".py") if base.with_suffix(".py").is_file() else None
-
-
-def _imported(path: Path) -> set[str]:
-    """Every module `path` imports (for `from a.b import c`: a.b, and a.b.c where that is a module),
-    plus the packages above each, which Python runs first."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path}: relative import; the check follows absolute ones"
-            names.add(node.module)
-            names |= {
-                f"{node.module}.{a.name}" for a in node.names if _module_file(f"{node.module}.{a.name}")
-            }
-    parents = {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
-    return names | parents
 
 
 def test_the_simulator_and_what_it_imports_import_no_streamrl_stage() -> None:
-    seen: dict[str, Path] = {"apps.notifications.simulator": APP_DIR / "simulator.py"}
-    todo = list(seen.values())
-    top_levels: set[str] = set()
-    while todo:
-        path = todo.pop()
-        for name in _imported(path):
-            top_levels.add(name.split(".")[0])
-            found = _module_file(name)
-            if found is not None and name not in seen:
-                seen[name] = found
-                todo.append(found)
+    seen, top_levels = reached("apps.notifications.simulator", APP_DIR / "simulator.py")
     assert not top_levels & STAGES, sorted(top_levels & STAGES)
-    # What the app runs of this repository: its own folder and the rule, nothing else.
+    # What the app runs of this repository: its own folder, the HTTP/Kafka client and the rule.
     assert set(seen) == {
         "apps",
         "apps.notifications",
         "apps.notifications.simulator",
         "apps.notifications.world",
+        "apps.app_client",
         "apps.rule_policy",
     }
     assert top_levels - {"apps"} <= {
@@ -84,6 +45,7 @@ def test_the_simulator_and_what_it_imports_import_no_streamrl_stage() -> None:
         "datetime",
         "pathlib",
         "typing",
+        "types",
         "httpx",
         "numpy",
         "yaml",
