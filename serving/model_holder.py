@@ -172,10 +172,6 @@ class ModelHolder:
     def canary(self) -> Canary | None:
         return self._served.canary
 
-    def model_for(self, key: str) -> LoadedModel | None:
-        """The model that serves episode `key` now (see `Served.model_for`)."""
-        return self._served.model_for(key)
-
     def reload(self, force: bool = False) -> bool:
         """Read the deploy pointer once and follow it, the deployed version then the canary; True
         when what is served changed.
