@@ -385,6 +385,15 @@ def _load_dump(path: str) -> tuple[list[Outcome], dict[float, float], float, dic
 
 
 # --- entry point ---------------------------------------------------------------------------------
+def _tasks(text: str) -> tuple[str, ...]:
+    """`--tasks`: names from TASKS, any case, comma-separated; an unknown one is an error."""
+    wanted = {p.strip().lower() for p in text.split(",") if p.strip()}
+    known = {t.lower(): t for t in TASKS}
+    if not wanted or (unknown := sorted(wanted - set(known))):
+        raise argparse.ArgumentTypeError(f"unknown task(s) {unknown or text!r}: expected a subset of {TASKS}")
+    return tuple(t for t in TASKS if t.lower() in wanted)
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks cpe_coverage", description=__doc__.split("\n")[0]
@@ -399,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     )
     parser.add_argument(
         "--tasks",
-        type=lambda text: tuple(t for t in TASKS if t in {p.strip() for p in text.split(",")}),
+        type=_tasks,
         default=TASKS,
         help=f"comma-separated subset of {', '.join(TASKS)} (default both)",
     )

@@ -77,8 +77,9 @@ class GateDecision(BaseModel):
     summary: str = Field("", description="the plain-language verdict with the outcome, for people")
     undecided: bool = Field(
         False,
-        description="rejected only because the data cannot judge the model (report unreliable, effective sample "
-        "size too small): nothing says it is worse; with `GateConfig.canary` it becomes a canary",
+        description="rejected only for lack of evidence: the data cannot judge the model (report unreliable, "
+        "effective sample size too small), or its interval holds the threshold (lower bound below, upper bound "
+        "at or above it): nothing says it is worse; with `GateConfig.canary` it becomes a canary",
     )
     deployed: bool = False
     canary: bool = Field(False, description="started as a canary (`GateConfig.canary`)")
@@ -114,7 +115,8 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
     name = report.headline
     reasons = _health_reasons(report.data_health)
     # Bounds below the threshold, and what says the data cannot judge at all: with the latter, the
-    # former are no verdict either (`GateDecision.undecided`).
+    # former are no verdict either; nor are they when the interval reaches the threshold from below
+    # (`GateDecision.undecided`): the data then neither show the candidate better nor worse.
     short_bounds: list[str] = []
     cannot_judge: list[str] = []
     alerts: list[GateAlert] = []
@@ -227,13 +229,20 @@ def gate_model(report: CpeReport, previous: CpeReport | None, config: GateConfig
         model_version=report.model_version,
         approved=not reasons,
         reasons=reasons,
-        undecided=bool(cannot_judge) and not wrong and head.available,
+        undecided=bool(cannot_judge or (short_bounds and _reaches(head.normalized_ci_high, config)))
+        and not wrong
+        and head.available,
         checked=checked,
         config=config,
         alerts=alerts,
         notes=notes,
         summary=f"{_short_verdict(report)}; {outcome}",
     )
+
+
+def _reaches(upper: float | None, config: GateConfig) -> bool:
+    """True when an interval's upper bound is at or above the threshold: not shown worse."""
+    return upper is not None and math.isfinite(upper) and upper >= config.threshold - THRESHOLD_ROUNDING
 
 
 def _short_verdict(report: CpeReport) -> str:

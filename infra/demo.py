@@ -41,6 +41,7 @@ import yaml
 from apps import notifications as example_app
 from contracts import StreamrlError
 from evaluation import CpeReport, GateDecision, ReportError, load_report
+from evaluation.canary import CANARY_FILE, CanaryVerdict
 from evaluation.gate import GATE_FILE
 from infra.apps import AppsError, down, known_apps, resolve_app, status, up
 from infra.config import DemoSection, StreamrlConfig
@@ -49,6 +50,7 @@ from infra.loop_waits import serves
 from infra.manifest import AppManifest, load_manifest
 from infra.scheduler import RefreshOutcome, RefreshRecord, SchedulerPhase, read_scheduler_state
 from infra.stack import LocalStack
+from trainer import CanaryState
 
 Progress = Callable[[str], None]
 SLOTS_PER_DAY: int = example_app.NotificationSimConfig.model_fields["slots_per_day"].default  # the world's, 4
@@ -121,8 +123,17 @@ class DaySummary:
     cpe_ci_low: float
     cpe_ci_high: float
     cpe_normalized: float
-    gate: str  # "approved", "rejected", or "skipped" (the refresh trained nothing: gate_reasons says why)
+    gate: str  # "approved", "canary" (undecided: tried on a share of the user-days), "rejected", or
+    # "skipped" (the refresh trained nothing: gate_reasons says why)
     gate_reasons: list[str]
+    canary_version: str = ""  # the canary that served beside `model_version` this day, if any
+    canary_share: float = math.nan
+    realized_by_version: dict[str, float] = field(default_factory=dict)  # mean reward per decision
+    canary_outcome: str = ""  # what tonight's refresh decided about it: promote, stop or continue
+    canary_estimate: float = (
+        math.nan
+    )  # its realized mean per decision the verdict judged (complete user-days)
+    canary_baseline: float = math.nan  # the same for the episodes beside it
 
 
 def run_demo(
@@ -152,26 +163,23 @@ def run_demo(
             f"after every {plan.decisions_per_day} new timeline rows (one day)"
         )
         for day in range(plan.days):
-            deployed = registry.deployed()
+            deployed, canary = registry.deployed(), registry.canary()
+            trying = canary.version if canary is not None else None
             _wait(
-                lambda version=deployed: serves(app_env.serving_url, version),
+                lambda version=deployed, beside=trying: serves(app_env.serving_url, version, beside),
                 config,
                 manifest.app,
                 60.0,
-                f"serving {deployed or 'no model'} at {app_env.serving_url}",
+                f"serving {deployed or 'no model'}{f' and canary {trying}' if trying else ''} at "
+                f"{app_env.serving_url}",
             )
-            how = (
-                f"serving decides, POST /v1/apps/{manifest.app}/act/batch"
-                if deployed
-                else f"the app decides by its rule, POST /v1/apps/{manifest.app}/decisions/batch logs"
-            )
-            progress(f"[day {day}] {deployed or 'no model deployed'} ({how})")
+            progress(f"[day {day}] {_how_served(manifest.app, deployed, canary)}")
             before = read_scheduler_state(app_env.run_dir)
             last_turn = before.last_refresh.started_at if before and before.last_refresh else None
             day_started = time.monotonic()
             outcome = _simulate(plan, app_env, manifest_path, day, run_dir / "simulator")
             progress(
-                f"[day {day}] {outcome['decisions']} decisions by {_served_by(outcome)} in "
+                f"[day {day}] {outcome['decisions']} decisions by {_deciders(outcome)} in "
                 f"{time.monotonic() - day_started:.1f}s, realized {outcome['realized_reward']:.4f} per decision "
                 f"(sent {outcome['send_share']:.0%}); waiting for the scheduler's refresh of the day"
             )
@@ -182,7 +190,7 @@ def run_demo(
                 )
             record = _wait_for_refresh(config, app_env, manifest.app, last_turn, day, plan, progress)
             request_ids = Path(outcome["request_ids_file"]).read_text().split()
-            summary = _summarize(app_env, day, outcome, record, _timeline_rows(app_env, request_ids))
+            summary = _summarize(app_env, day, outcome, record, _timeline_rows(app_env, request_ids), canary)
             summaries.append(summary)
             _report_night(progress, app_env, record, summary)
             _write_summary(run_dir, summaries)
@@ -364,10 +372,32 @@ def _simulate(
     return json.loads(line)
 
 
-def _served_by(outcome: Mapping[str, Any]) -> str:
-    """The policy that made most of the day's decisions (the rule's label or a model version)."""
-    versions: dict[str, int] = outcome["model_versions"]
-    return max(versions, key=lambda v: versions[v])
+def _how_served(app: str, deployed: str | None, canary: CanaryState | None) -> str:
+    beside = f" beside canary {canary.version} ({canary.share:.0%} of the user-days)" if canary else ""
+    if deployed:
+        return f"{deployed}{beside} (serving decides, POST /v1/apps/{app}/act/batch)"
+    if canary:
+        return (
+            f"the app's rule{beside} (POST /v1/apps/{app}/act/batch: serving decides the canary's user-days "
+            f"and answers the others not_served; the app decides those by its rule and logs them)"
+        )
+    return f"no model deployed (the app decides by its rule, POST /v1/apps/{app}/decisions/batch logs)"
+
+
+def _deciders(outcome: Mapping[str, Any]) -> str:
+    """Who made the day's decisions, e.g. "hand-written-rule (8008, realized 0.4189) and m0001-… (7992, 0.4634)"."""
+    realized = outcome.get("realized_by_version", {})
+    parts = [
+        f"{version} ({count}, realized {realized[version]:.4f})" if version in realized else version
+        for version, count in sorted(outcome["model_versions"].items(), key=lambda item: -item[1])
+    ]
+    return parts[0].split(" (")[0] if len(parts) == 1 else " and ".join(parts)
+
+
+def _served_by(outcome: Mapping[str, Any], canary: str = "") -> str:
+    """The policy that made most of the day's decisions but the canary (the rule's label or a model version)."""
+    versions: dict[str, int] = {v: n for v, n in outcome["model_versions"].items() if v != canary}
+    return max(versions, key=lambda v: versions[v]) if versions else canary
 
 
 def _wait(
@@ -468,7 +498,12 @@ def _timeline_rows(env: Environment, request_ids: list[str]) -> int:
 
 
 def _summarize(
-    env: Environment, day: int, outcome: Mapping[str, Any], record: RefreshRecord, timeline_rows: int
+    env: Environment,
+    day: int,
+    outcome: Mapping[str, Any],
+    record: RefreshRecord,
+    timeline_rows: int,
+    canary: CanaryState | None = None,
 ) -> DaySummary:
     realized, logging_reward = outcome["realized_reward"], outcome["rule_reward"]
     oracle_reward = outcome["oracle_reward"]
@@ -484,12 +519,15 @@ def _summarize(
     if report is not None and report.problem == "multi_step" and report.headline != "dm":
         per_decision = report.n_episodes / report.n_decisions if report.gamma == 1.0 else nan
     if decision is not None:
-        gate, reasons = ("approved" if decision.approved else "rejected"), list(decision.reasons)
+        gate = "approved" if decision.approved else "canary" if decision.canary else "rejected"
+        reasons = list(decision.reasons)
     else:
         gate, reasons = record.outcome.value, list(record.reasons)
+    trying = canary.version if canary is not None else ""
+    verdict = _canary_verdict(env, trying)
     return DaySummary(
         day=day,
-        model_version=_served_by(outcome),
+        model_version=_served_by(outcome, trying),
         realized_reward=realized,
         logging_reward=logging_reward,
         oracle_reward=oracle_reward,
@@ -504,7 +542,26 @@ def _summarize(
         cpe_normalized=head.normalized if head and head.normalized is not None else nan,
         gate=gate,
         gate_reasons=reasons,
+        canary_version=trying,
+        canary_share=canary.share if canary is not None else nan,
+        realized_by_version=dict(outcome.get("realized_by_version", {})),
+        canary_outcome=verdict.outcome if verdict is not None else "",
+        canary_estimate=_per_decision(verdict.canary_mean if verdict is not None else None),
+        canary_baseline=_per_decision(verdict.baseline_mean if verdict is not None else None),
     )
+
+
+def _per_decision(episode_return: float | None) -> float:
+    """A user-day's return as the mean reward per decision (the day's 4 slots)."""
+    return episode_return / SLOTS_PER_DAY if episode_return is not None else math.nan
+
+
+def _canary_verdict(env: Environment, version: str) -> CanaryVerdict | None:
+    """Tonight's judgement of the canary that served today (`reports/<canary>/canary.json`)."""
+    path = env.reports_dir / version / CANARY_FILE
+    if not version or not path.is_file():
+        return None
+    return CanaryVerdict.model_validate_json(path.read_text())
 
 
 def _report(env: Environment, version: str) -> CpeReport | None:
@@ -539,6 +596,13 @@ def _report_night(progress: Progress, env: Environment, record: RefreshRecord, s
     report = _report(env, summary.candidate_version)
     if report is not None:
         progress(f"    CPE: {report.verdict}")
+    if summary.canary_version:
+        verdict = _canary_verdict(env, summary.canary_version)
+        progress(
+            f"    canary {summary.canary_version}: {verdict.outcome}: {verdict.reason}"
+            if verdict is not None
+            else f"    canary {summary.canary_version}: not judged"
+        )
     progress(
         f"    gate: {summary.gate}"
         + (f" ({'; '.join(summary.gate_reasons)})" if summary.gate_reasons else "")
@@ -557,13 +621,15 @@ def format_summary(rows: list[DaySummary]) -> str:
         "candidate",
         "CPE estimate [95% CI]",
         "gate",
+        "canary verdict",
     )
     lines = [header]
     for r in rows:
+        beside = f" + {r.canary_version} ({r.canary_share:.0%})" if r.canary_version else ""
         lines.append(
             (
                 str(r.day),
-                r.model_version,
+                r.model_version + beside,
                 f"{r.realized_reward:.4f}",
                 f"{r.logging_reward:.4f}",
                 f"{r.oracle_reward:.4f}",
@@ -571,28 +637,50 @@ def format_summary(rows: list[DaySummary]) -> str:
                 r.candidate_version or "-",
                 f"{r.cpe_estimate:.4f} [{r.cpe_ci_low:.4f}, {r.cpe_ci_high:.4f}]",
                 r.gate,
+                f"{r.canary_outcome} ({r.canary_estimate:.4f} vs {r.canary_baseline:.4f})"
+                if r.canary_outcome
+                else "-",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
 
 
 def cpe_checks(rows: list[DaySummary]) -> list[str]:
-    """For every approved candidate, its CPE estimate per decision against what it realized on the
-    days it then served (the trust check of a CPE number, docs/demo.md)."""
+    """For every model deployed, the estimate it was deployed on against what it realized on each
+    later day it served (the trust check of a CPE number, docs/demo.md): an approved candidate's
+    CPE estimate per decision, or a promoted canary's realized mean on its share of the user-days."""
     lines = []
     for night, row in enumerate(rows):
-        if row.gate != "approved":
-            continue
-        served = [later for later in rows[night + 1 :] if later.model_version == row.candidate_version]
-        for later in served:
-            error = (row.cpe_estimate - later.realized_reward) / abs(later.realized_reward)
-            lines.append(
-                f"CPE check: night {night} estimated {row.cpe_estimate:.4f} per decision for {row.candidate_version} "
-                f"({row.cpe_estimator}, 95% CI {row.cpe_ci_low:.4f}–{row.cpe_ci_high:.4f}); it realized "
-                f"{later.realized_reward:.4f} on day {later.day} ({error:+.1%})"
-            )
+        later_days = rows[night + 1 :]
+        if row.gate == "approved":
+            for later in later_days:
+                if later.model_version != row.candidate_version:
+                    continue
+                lines.append(
+                    f"CPE check: night {night} estimated {row.cpe_estimate:.4f} per decision for "
+                    f"{row.candidate_version} ({row.cpe_estimator}, 95% CI {row.cpe_ci_low:.4f}–"
+                    f"{row.cpe_ci_high:.4f}); it realized {_realized(later, row.candidate_version, row.cpe_estimate)}"
+                )
+        if row.canary_outcome == "promote":
+            for later in later_days:
+                if later.model_version != row.canary_version:
+                    continue
+                lines.append(
+                    f"canary check: night {night} promoted {row.canary_version}, which realized "
+                    f"{row.canary_estimate:.4f} per decision on its {row.canary_share:.0%} of day {row.day}'s "
+                    f"user-days (the rest: {row.canary_baseline:.4f}); deployed, it realized "
+                    f"{_realized(later, row.canary_version, row.canary_estimate)}"
+                )
     return lines
+
+
+def _realized(later: DaySummary, version: str, estimate: float) -> str:
+    """What `version` realized on `later` (its own decisions, beside any canary), against `estimate`."""
+    realized = later.realized_by_version.get(version, later.realized_reward)
+    return f"{realized:.4f} on day {later.day} ({(estimate - realized) / abs(realized):+.1%})"
 
 
 def _write_summary(run_dir: Path, rows: list[DaySummary]) -> Path:

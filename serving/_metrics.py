@@ -37,6 +37,10 @@ _COUNTERS = {
         "Deployed or canary models that failed to load.",
     ),
     "canary_decisions": ("streamrl_serving_canary_decisions_total", "Decisions taken by the canary model."),
+    "not_served": (
+        "streamrl_serving_not_served_total",
+        "Requests answered not_served: a canary runs beside no model and did not take their episode.",
+    ),
     "wrong_kind_requests": (
         "streamrl_serving_wrong_kind_requests_total",
         "Requests of another action kind than the served one (answered 422).",

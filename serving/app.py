@@ -59,6 +59,7 @@ from serving.schemas import (
     HealthStatus,
     LoggedDecision,
     LoggedDecisionResponse,
+    NotServedResponse,
 )
 from stream import EventLogError, EventLogger
 
@@ -282,7 +283,8 @@ def _health(runtime: _Runtime) -> HealthStatus:
         if reason is not None
     ]
     version = served.current.version if served.current else _fallback_version(runtime.config)
-    status = "unavailable" if version is None else "degraded" if reasons else "ok"
+    # A canary beside no model serves its share: the app's own policy decides the other episodes.
+    status = "unavailable" if version is None and canary is None else "degraded" if reasons else "ok"
     return HealthStatus(
         status=status,
         model_version=version,
@@ -420,19 +422,46 @@ async def _decide(runtime: _Runtime, requests: list[Any], batch: bool) -> list[A
         _check_kind(runtime, model, request.action_kind, prefix)
     fallback = _fallback_version(runtime.config)
     versions = [model.version if model is not None else fallback for model in models]
-    if None in versions:
-        raise NoModelError(
-            str(runtime.config.registry_root), runtime.holder.last_error or "nothing is deployed"
-        )
-    contexts = await _features(runtime, requests)
-    chosen = _choose_per_model(runtime, models, requests, contexts, prefixes)
+    why_not = runtime.holder.last_error or "nothing is deployed"
+    if None in versions and served.canary is None:
+        raise NoModelError(str(runtime.config.registry_root), why_not)
+    # Beside a canary with no model (nor fallback) for the other episodes: those are the app's own.
+    rows = [i for i, version in enumerate(versions) if version is not None]
+    responses: list[Any] = [
+        None if version is not None else _not_served(request, served, why_not)
+        for request, version in zip(requests, versions, strict=True)
+    ]
+    if len(rows) < len(requests):
+        runtime.metrics.add("not_served", len(requests) - len(rows))
+    if not rows:
+        return responses
+    decided = [requests[i] for i in rows]
+    contexts = await _features(runtime, decided)
+    chosen = _choose_per_model(
+        runtime, [models[i] for i in rows], decided, contexts, [prefixes[i] for i in rows]
+    )
     _count_canary(runtime, served, models)
     now = datetime.now(UTC)
-    responses = []
-    for request, context, (kind, choice), version in zip(requests, contexts, chosen, versions, strict=True):
+    for i, request, context, (kind, choice) in zip(rows, decided, contexts, chosen, strict=True):
+        version = versions[i]
+        assert version is not None
         runtime.decision_log.submit(_event(request, kind, context, choice, version, now))
-        responses.append(_response(request, kind, choice, version))
+        responses[i] = _response(request, kind, choice, version)
     return responses
+
+
+def _not_served(request: Any, served: Served, why_not: str) -> NotServedResponse:
+    canary = served.canary
+    assert canary is not None
+    return NotServedResponse(
+        request_id=request.request_id,
+        mdp_id=request.mdp_id,
+        sequence_number=request.sequence_number,
+        reason=(
+            f"canary {canary.model.version} serves {canary.share:.0%} of the episodes and not this one, and no "
+            f"model serves the others ({why_not}): decide by your own policy and log it (POST /v1/decisions)"
+        ),
+    )
 
 
 def _choose_per_model(

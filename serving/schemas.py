@@ -165,8 +165,23 @@ class ContinuousActResponse(_Decided):
     action_mean: list[float] = Field(description="the policy's mean action (greedy), same order")
 
 
+class NotServedResponse(_Record):
+    """No model decides this episode: nothing is deployed (`serving.day0: none`, or the deployed model
+    failed to load) and the canary running beside the app's own policy did not take it. Decide it by
+    your own policy and log that decision (`POST /v1/decisions`), as before any model was deployed;
+    every request of the episode gets this answer while the canary runs."""
+
+    schema_version: Literal[1] = 1
+    action_kind: Literal["not_served"] = "not_served"
+    request_id: str
+    mdp_id: str
+    sequence_number: int
+    reason: str
+
+
 ActResponse = Annotated[
-    DiscreteActResponse | ParametricActResponse | ContinuousActResponse, Field(discriminator="action_kind")
+    DiscreteActResponse | ParametricActResponse | ContinuousActResponse | NotServedResponse,
+    Field(discriminator="action_kind"),
 ]
 
 

@@ -10,7 +10,10 @@ One run plays day `--day` for every user, slot by slot:
 - the app asks `GET /v1/apps/{app}/healthz` which model serves. While none does, it decides by its
   rule and logs each decision with its exact propensity through
   `POST /v1/apps/{app}/decisions/batch`, under the label `hand-written-rule`. Once one does, it asks
-  `POST /v1/apps/{app}/act/batch` and serving decides, explores and logs;
+  `POST /v1/apps/{app}/act/batch` and serving decides, explores and logs. While a canary runs
+  beside no model (the gate's `canary`: a candidate the logged data could not judge, tried on a
+  share of the user-days), serving answers the user-days the canary does not take `not_served`,
+  and the app decides and logs those by its rule;
 - it draws each user's engagement and sends one reward event per decision to `{app}.rewards`
   with only its metrics, `{"engaged": 0 or 1, "sent": 0 or 1}`: the manifest's `reward.metrics`
   weigh them into the reward, engaged − 0.05 × sent.
@@ -22,7 +25,8 @@ draws and the rule's draws are seeded by (seed, k) and (rule seed, k), so consec
 It prints one JSON line: the day's realized reward per decision, the rule's and the oracle's exact
 expected reward per decision on the same users and day (`rule_reward`, `oracle_reward`), the share
 sent, the decision count, the request ids (their count, and the file `--request-ids` wrote them
-to, one a line) and the decisions per serving model (`model_versions`).
+to, one a line), the decisions per serving model (`model_versions`) and the mean reward per
+decision each realized (`realized_by_version`).
 
     python apps/notifications/simulator.py --url http://127.0.0.1:18083 \\
         --bootstrap 127.0.0.1:19092 --day 0 [--users 4000] [--seed 7] [--request-ids day0.txt]
@@ -56,7 +60,9 @@ from apps.notifications.world import (
     NotificationSimConfig,
     mdp_id_for,
 )
-from apps.rule_policy import RuleDecisions
+from apps.rule_policy import NotifyQuietUsersRule, RuleDecisions
+
+NOT_SERVED = "not_served"  # serving's answer for an episode a canary beside no model left to the app
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "manifest.yaml"
 _DEFAULTS = NotificationSimConfig()
@@ -170,6 +176,7 @@ class DayResult:
     rule_reward: float = float("nan")
     oracle_reward: float = float("nan")
     model_versions: dict[str, int] = field(default_factory=dict)
+    reward_by_version: dict[str, float] = field(default_factory=dict)
     request_ids: list[str] = field(default_factory=list)
 
     def summary(self, request_ids_file: Path | None) -> dict[str, Any]:
@@ -183,6 +190,10 @@ class DayResult:
             "oracle_reward": self.oracle_reward,
             "send_share": self.sends / self.decisions,
             "model_versions": self.model_versions,
+            "realized_by_version": {
+                version: self.reward_by_version[version] / count
+                for version, count in self.model_versions.items()
+            },
             "request_ids": len(self.request_ids),
             "request_ids_file": str(request_ids_file) if request_ids_file is not None else None,
         }
@@ -221,34 +232,62 @@ def run_day(
         for slot in range(config.slots_per_day):
             features = sim.features(day, slot, sent_previous)
             contexts = slot_contexts(sim, day, slot, features)
-            if _serving_model(client, settings) is None:
-                decisions = rule.decide(features, rule_rng)
-                bodies = logged_decisions(contexts, decisions, rule.name)
-                logged = post_batches(client, settings.route("decisions/batch"), "decisions", bodies, batch)
-                ids = [item["request_id"] for item in logged]
-                send, versions = decisions.send, [rule.name] * len(ids)
+            model, canary = _serving_models(client, settings)
+            if model is None and canary is None:
+                ids, send, versions = _decide_by_rule(
+                    client, settings, rule, rule_rng, features, contexts, batch
+                )
             else:
                 answers = post_batches(client, settings.route("act/batch"), "requests", contexts, batch)
                 ids = [a["request_id"] for a in answers]
-                send = np.array([a["action"] == SEND for a in answers])
-                versions = [a["model_version"] for a in answers]
+                send = np.array([a.get("action") == SEND for a in answers])
+                versions = [a.get("model_version") for a in answers]
+                # A canary beside no model leaves the app the episodes it does not take (`not_served`).
+                mine = np.array([a["action_kind"] == NOT_SERVED for a in answers])
+                if mine.any():
+                    rows = np.flatnonzero(mine)
+                    by_rule = _decide_by_rule(
+                        client, settings, rule, rule_rng, features[rows], [contexts[i] for i in rows], batch
+                    )
+                    for i, request_id, sent, version in zip(rows, *by_rule, strict=True):
+                        ids[i], send[i], versions[i] = request_id, sent, version
             engaged = sim.draw_engagement(day, slot, send, sent_previous)
+            rewards = sim.reward(engaged, send)
             now = datetime.now(UTC)
             for request_id, user_engaged, user_sent in zip(ids, engaged, send, strict=True):
                 event = reward_event(request_id, bool(user_engaged), bool(user_sent), now)
                 producer.send(event)
-            for version in versions:
+            for version, reward in zip(versions, rewards, strict=True):
                 result.model_versions[version] = result.model_versions.get(version, 0) + 1
+                result.reward_by_version[version] = result.reward_by_version.get(version, 0.0) + float(reward)
             result.request_ids.extend(ids)
-            result.total_reward += float(sim.reward(engaged, send).sum())
+            result.total_reward += float(rewards.sum())
             result.sends += int(send.sum())
             result.decisions += len(ids)
             sent_previous = send
     return result
 
 
-def _serving_model(client: httpx.Client, settings: AppSettings) -> str | None:
-    """The model serving deploys now, or None (no model yet: the app decides by its rule)."""
+def _decide_by_rule(
+    client: httpx.Client,
+    settings: AppSettings,
+    rule: NotifyQuietUsersRule,
+    rng: np.random.Generator,
+    features: np.ndarray,
+    contexts: list[dict[str, Any]],
+    batch: int,
+) -> tuple[list[str], np.ndarray, list[str]]:
+    """The rule decides these users and `/decisions/batch` logs it: request ids, sends, labels."""
+    decisions = rule.decide(features, rng)
+    bodies = logged_decisions(contexts, decisions, rule.name)
+    logged = post_batches(client, settings.route("decisions/batch"), "decisions", bodies, batch)
+    ids = [item["request_id"] for item in logged]
+    return ids, decisions.send, [rule.name] * len(ids)
+
+
+def _serving_models(client: httpx.Client, settings: AppSettings) -> tuple[str | None, str | None]:
+    """The model serving deploys now and the canary beside it; (None, None): no model yet, the app
+    decides by its rule. With a canary beside no model the app decides the episodes it does not take."""
     route = settings.route("healthz")
     try:
         response = client.get(route)
@@ -260,7 +299,8 @@ def _serving_model(client: httpx.Client, settings: AppSettings) -> str | None:
         raise SimulatorError(
             f"GET {client.base_url}{route} answered {response.status_code}: {response.text[:500]}"
         )
-    return response.json().get("model_version")
+    health = response.json()
+    return health.get("model_version"), (health.get("canary") or {}).get("model_version")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -163,7 +163,8 @@ def test_the_day_summary_has_exact_values() -> None:
         sends=2,
         rule_reward=0.41,
         oracle_reward=0.48,
-        model_versions={"hand-written-rule": 8},
+        model_versions={"hand-written-rule": 4, "m0001": 4},
+        reward_by_version={"hand-written-rule": 1.0, "m0001": 2.0},
         request_ids=[f"r-{i}" for i in range(8)],
     )
     assert result.summary(Path("ids.txt")) == {
@@ -175,7 +176,8 @@ def test_the_day_summary_has_exact_values() -> None:
         "rule_reward": 0.41,
         "oracle_reward": 0.48,
         "send_share": 0.25,
-        "model_versions": {"hand-written-rule": 8},
+        "model_versions": {"hand-written-rule": 4, "m0001": 4},
+        "realized_by_version": {"hand-written-rule": 0.25, "m0001": 0.5},  # 1/4, 2/4
         "request_ids": 8,
         "request_ids_file": "ids.txt",
     }

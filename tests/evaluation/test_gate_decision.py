@@ -26,6 +26,7 @@ def _report(
     ess: float = 5_000.0,
     reliable: bool = True,
     version: str = "m0002-aaaaaaaa",
+    normalized_high: float | None = None,
 ) -> CpeReport:
     dr = Estimate(
         estimator="dr",
@@ -34,7 +35,7 @@ def _report(
         ci_low=value - 0.1,
         ci_high=value + 0.1,
         normalized_ci_low=normalized_low,
-        normalized_ci_high=value / 2.0 + 0.1,
+        normalized_ci_high=value / 2.0 + 0.1 if normalized_high is None else normalized_high,
         confidence=0.95,
         bootstrap_samples=200,
         n=10_000,
@@ -267,14 +268,18 @@ def test_html_report_draws_an_interval_that_does_not_contain_its_point() -> None
 
 
 def test_undecided_only_when_the_data_cannot_judge_and_nothing_is_wrong() -> None:
-    """`undecided` (what a canary may take over) means: rejected for lack of evidence alone."""
+    """`undecided` (what a canary may take over) means: rejected for lack of evidence alone — the
+    data cannot judge, or the interval holds the threshold."""
     config = GateConfig(min_effective_sample_size=100)
     # Cannot judge: low ESS, or an unreliable report — even with the lower bound under the threshold.
     assert gate_model(_report(ess=40.0), None, config).undecided
     assert gate_model(_report(reliable=False, normalized_low=0.9), None, config).undecided
-    # Judged: a reliable, well-supported estimate whose lower bound falls short is a verdict.
-    short = gate_model(_report(normalized_low=0.98), None, config)
-    assert not short.approved and not short.undecided
+    # Not shown better nor worse: a reliable interval that holds the threshold (0.98–1.2 around 1.0).
+    straddles = gate_model(_report(normalized_low=0.98), None, config)
+    assert not straddles.approved and straddles.undecided
+    # Judged worse: the whole interval lies below the threshold.
+    worse = gate_model(_report(normalized_low=0.90, normalized_high=0.99), None, config)
+    assert not worse.approved and not worse.undecided
     assert not gate_model(_report(), None, config).undecided  # approved
     # Something is wrong besides: non-finite values, or a swing, are never left to a canary.
     assert not gate_model(_report(normalized_low=math.nan, ess=40.0), None, config).undecided

@@ -4,6 +4,7 @@ example manifest it brings up (one refresh per simulated day)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,42 @@ def test_each_approved_candidate_is_checked_against_every_day_it_served() -> Non
     )
 
 
+def test_a_promoted_canary_is_checked_against_what_it_realized_once_deployed() -> None:
+    """Night 0's candidate is undecided and tried on half of day 1; night 1 promotes it on its
+    realized mean (0.4600 per decision); on day 2 it serves beside the next canary, and on day 3 alone."""
+    night0 = _day(0, "rule", 0.4200, "m1", 0.4400, "canary")
+    day1 = replace(
+        _day(1, "rule", 0.4400, "m2", 0.4500, "canary"),
+        canary_version="m1",
+        canary_share=0.5,
+        realized_by_version={"rule": 0.4200, "m1": 0.4620},
+        canary_outcome="promote",
+        canary_estimate=0.4600,
+        canary_baseline=0.4190,
+    )
+    day2 = replace(
+        _day(2, "m1", 0.4550, "m3", 0.4500, "rejected"),
+        canary_version="m2",
+        canary_share=0.5,
+        realized_by_version={"m1": 0.4692, "m2": 0.4408},
+        canary_outcome="stop",
+        canary_estimate=0.4400,
+        canary_baseline=0.4690,
+    )
+    day3 = _day(3, "m1", 0.4508, "m4", 0.4500, "rejected")
+    lines = cpe_checks([night0, day1, day2, day3])
+    # (0.46 − 0.4692)/0.4692 = −1.96 %; (0.46 − 0.4508)/0.4508 = +2.04 %: its own decisions only
+    assert lines == [
+        "canary check: night 1 promoted m1, which realized 0.4600 per decision on its 50% of day 1's user-days "
+        "(the rest: 0.4190); deployed, it realized 0.4692 on day 2 (-2.0%)",
+        "canary check: night 1 promoted m1, which realized 0.4600 per decision on its 50% of day 1's user-days "
+        "(the rest: 0.4190); deployed, it realized 0.4508 on day 3 (+2.0%)",
+    ]
+    table = format_summary([night0, day1, day2, day3]).splitlines()
+    assert "rule + m1 (50%)" in table[2] and table[2].endswith("promote (0.4600 vs 0.4190)")
+    assert "m1 + m2 (50%)" in table[3] and table[3].endswith("stop (0.4400 vs 0.4690)")
+
+
 def test_the_table_shows_a_skipped_night_without_a_candidate() -> None:
     skipped = _day(0, "hand-written-rule", 0.4200, "", float("nan"), "skipped")
     table = format_summary([skipped]).splitlines()
@@ -67,6 +104,7 @@ def test_the_table_shows_a_skipped_night_without_a_candidate() -> None:
         "[nan,",
         "nan]",
         "skipped",
+        "-",
     ]
     assert cpe_checks([skipped]) == []
 

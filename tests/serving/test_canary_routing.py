@@ -110,6 +110,44 @@ def test_canary_beside_the_day0_fallback(config, registry):
     }
 
 
+def test_canary_beside_the_apps_own_policy_leaves_it_the_other_episodes(config, registry):
+    """No model deployed and no fallback (`day0: none`): the app decides by its own policy. A canary
+    then serves its share; every other episode is answered `not_served`, for the app to decide."""
+    candidate = register_model(registry, seed=45)
+    registry.start_canary(candidate, share=0.4, reason="first model, beside the app's rule")
+    requests = [{"entity_id": "u", "mdp_id": m, "possible_actions": ACTIONS} for m in MDP_IDS]
+    taken = {m for m in MDP_IDS if _canary_takes(m, 0.4)}
+    with TestClient(create_app(config)) as client:
+        _holder(client).reload()
+        health = client.get("/healthz").json()
+        assert health["model_version"] is None and health["status"] == "ok"
+        assert health["canary"] == {"model_version": candidate, "share": 0.4}
+        answers = client.post("/v1/act/batch", json={"requests": requests}).json()["responses"]
+        assert [a["mdp_id"] for a in answers] == MDP_IDS
+        served = {a["mdp_id"] for a in answers if a["action_kind"] == "discrete"}
+        assert served == taken
+        assert all(
+            a["model_version"] == candidate and a["action"] in ACTIONS
+            for a in answers
+            if a["mdp_id"] in taken
+        )
+        others = [a for a in answers if a["mdp_id"] not in taken]
+        assert {a["action_kind"] for a in others} == {"not_served"}
+        assert all("decide by your own policy" in a["reason"] and "action" not in a for a in others)
+        one = client.post(
+            "/v1/act",
+            json={"entity_id": "u", "mdp_id": min(set(MDP_IDS) - taken), "possible_actions": ACTIONS},
+        )
+        assert one.status_code == 200 and one.json()["action_kind"] == "not_served"
+        assert _metric(client, "streamrl_serving_not_served_total") == len(others) + 1
+        assert _metric(client, "streamrl_serving_canary_decisions_total") == len(taken)
+        # The canary ends: nothing serves, as before it started.
+        registry.end_canary(promote=False, reason="worse than the rule")
+        _holder(client).reload()
+        assert client.post("/v1/act/batch", json={"requests": requests[:5]}).status_code == 503
+        assert client.get("/healthz").json()["status"] == "unavailable"
+
+
 def test_ending_the_canary_serves_the_deployed_model_and_promoting_serves_the_canary(config, registry):
     deployed, candidate = register_model(registry, seed=43), register_model(registry, seed=44)
     registry.deploy(deployed, reason="first")

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from serving import ServingConfig, create_app
+from tests.helpers import serve_in_thread
 from tests.serving.conftest import ACTIONS, register_model
 from trainer.registry import DeploymentEvent, DeploymentKind, DeploymentState
 
@@ -26,32 +23,6 @@ BODY = {"entity_id": "u", "context_features": {"f_age": 0.5}, "possible_actions"
 def config(config: ServingConfig) -> ServingConfig:
     """The shared serving config, polling the deploy pointer faster: swaps are what is tested here."""
     return config.model_copy(update={"poll_interval_s": 0.05})
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _uvicorn(config: ServingConfig) -> Iterator[str]:
-    """Serve the app in a thread; yields its base URL; stops it (lifespan shutdown included)."""
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _wait_for(client: httpx.Client | TestClient, version: str, timeout_s: float = 10.0) -> None:
@@ -66,7 +37,7 @@ def test_deploy_and_rollback_under_load_fail_no_request(config, registry):
     registry.deploy(v1, reason="first")
     results: list[tuple[int, str | None, float]] = []
     stop = threading.Event()
-    with _uvicorn(config) as url, httpx.Client(base_url=url, timeout=10) as client:
+    with serve_in_thread(create_app(config)) as url, httpx.Client(base_url=url, timeout=10) as client:
         _wait_for(client, v1)
 
         def fire() -> None:

@@ -323,6 +323,9 @@ def test_openapi_shows_each_kind_request_response_and_error_body(config):
         "schema"
     ]
     assert act_response["discriminator"]["mapping"] == {
-        kind: f"#/components/schemas/{kind.capitalize()}ActResponse"
-        for kind in ("discrete", "parametric", "continuous")
+        **{
+            kind: f"#/components/schemas/{kind.capitalize()}ActResponse"
+            for kind in ("discrete", "parametric", "continuous")
+        },
+        "not_served": "#/components/schemas/NotServedResponse",  # beside a canary, with no model
     }
