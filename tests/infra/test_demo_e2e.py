@@ -148,7 +148,7 @@ def test_summary_json_is_the_table(demo_run) -> None:
     for row, summary in zip(days, summaries, strict=True):
         assert required <= row.keys()
         assert row["model_version"] == summary.model_version
-        assert row["gate"] in {"approved", "rejected"}
+        assert row["gate"] in {"approved", "canary", "rejected"}
         assert row["oracle_reward"] >= row["logging_reward"]
         assert row["cpe_ci_low"] <= row["cpe_estimate"] <= row["cpe_ci_high"]
     assert any("CPE estimate" in line for line in lines)
