@@ -70,3 +70,47 @@ def test_two_process_torchrun_run_matches_one_process(tmp_path: Path) -> None:
     assert final_two["history"][-1]["train/td_loss"] == pytest.approx(
         final_one["history"][-1]["train/td_loss"], rel=1e-4
     )
+
+
+def test_two_node_torchrun_run_matches_one_process(tmp_path: Path) -> None:
+    """Two launchers, one process each, as on two machines: each gets its own --node-rank and the
+    same static rendezvous (master address and port), over loopback; a shared run folder stands in
+    for the shared filesystem docs/training.md requires."""
+    write_timelines(make_bandit_timelines(301, seed=11), tmp_path / "stream")
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "stream").symlink_to(tmp_path / "stream")
+        write_run_config(tmp_path / name, ALGORITHM, checkpoint={"dir": "ckpt", "interval_steps": 1000})
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    env.pop("WORLD_SIZE", None)
+    port = free_port()
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable, "-m", "torch.distributed.run",
+                "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+                "--master-addr", "127.0.0.1", "--master-port", str(port),
+                "-m", "infra.cli", "train", "--config", str(tmp_path / "two" / "run.yaml"),
+            ],  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [launcher.communicate(timeout=180) for launcher in launchers]
+    for node, (launcher, (_, stderr)) in enumerate(zip(launchers, outputs, strict=True)):
+        assert launcher.returncode == 0, f"node {node}: {stderr[-3000:]}"
+    assert [stdout.count("registered dqn model") for stdout, _ in outputs] == [1, 0], "only rank 0 registers"
+
+    one = run_training(load_run_config(tmp_path / "one" / "run.yaml"))
+
+    assert one is not None
+    final_one = torch.load(list_checkpoints(tmp_path / "one" / "ckpt")[-1], weights_only=True)
+    final_two = torch.load(list_checkpoints(tmp_path / "two" / "ckpt")[-1], weights_only=True)
+    assert final_one["global_step"] == final_two["global_step"] == 6 * 5, "global batch is the same"
+    for name, tensor in final_one["learner"]["online"].items():
+        torch.testing.assert_close(final_two["learner"]["online"][name], tensor, rtol=0, atol=1e-4, msg=name)
