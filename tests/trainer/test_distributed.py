@@ -85,25 +85,24 @@ def test_two_node_torchrun_run_matches_one_process(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     env.pop("WORLD_SIZE", None)
     port = free_port()
+
+    def launcher(node: int) -> list[str]:
+        return [
+            sys.executable, "-m", "torch.distributed.run",
+            "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+            "--master-addr", "127.0.0.1", "--master-port", str(port),
+            "-m", "infra.cli", "train", "--config", str(tmp_path / "two" / "run.yaml"),
+        ]  # fmt: skip
+
     launchers = [
         subprocess.Popen(
-            [
-                sys.executable, "-m", "torch.distributed.run",
-                "--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
-                "--master-addr", "127.0.0.1", "--master-port", str(port),
-                "-m", "infra.cli", "train", "--config", str(tmp_path / "two" / "run.yaml"),
-            ],  # fmt: skip
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            launcher(node), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         for node in (0, 1)
     ]
-    outputs = [launcher.communicate(timeout=180) for launcher in launchers]
-    for node, (launcher, (_, stderr)) in enumerate(zip(launchers, outputs, strict=True)):
-        assert launcher.returncode == 0, f"node {node}: {stderr[-3000:]}"
+    outputs = [process.communicate(timeout=180) for process in launchers]
+    for node, (process, (_, stderr)) in enumerate(zip(launchers, outputs, strict=True)):
+        assert process.returncode == 0, f"node {node}: {stderr[-3000:]}"
     assert [stdout.count("registered dqn model") for stdout, _ in outputs] == [1, 0], "only rank 0 registers"
 
     one = run_training(load_run_config(tmp_path / "one" / "run.yaml"))
