@@ -76,8 +76,10 @@ class ServingSection(_Section):
     poll_interval_s: float = Field(1.0, gt=0)
     max_batch: int = Field(1000, ge=1, le=10_000)
     seed: int | None = 1234
+    workers: int = Field(1, ge=1, le=64)  # serving processes on the port, each hot-swapping on its own
+    inference_threads: int = Field(4, ge=1, le=256)
     decision_queue_size: int = Field(10_000, ge=1)
-    decision_enqueue_timeout_s: float = Field(10.0, ge=0)
+    decision_retry_after_s: int = Field(1, ge=0)
     log_flush_interval_s: float = Field(0.2, gt=0)
     log_flush_timeout_s: float = Field(10.0, gt=0)
     # Day 0 and the served kind: what `/v1/act` does with no model (`none`: 503, `uniform`), the

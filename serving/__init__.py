@@ -7,6 +7,7 @@ from serving.config import (
     ServingConfig,
     UniformFallbackConfig,
 )
+from serving.server import run_server
 
 __all__ = [
     "ContinuousActionConfig",
@@ -14,4 +15,5 @@ __all__ = [
     "ServingConfig",
     "UniformFallbackConfig",
     "create_app",
+    "run_server",
 ]

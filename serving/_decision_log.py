@@ -1,26 +1,29 @@
 """Hands served decisions to `stream.EventLogger` off the request path.
 
-Requests only enqueue; one thread sends and flushes. Nothing is dropped silently: a full
-queue, a send error or an undelivered flush is counted in `/metrics`
-(`decisions_failed_total`), logged with the request ids, and makes `/healthz` degraded.
+Requests only offer their decisions to a bounded queue, all of a call's or none, without ever
+waiting: a full queue refuses them with `DecisionQueueFullError` (503 with `Retry-After`), so
+the caller learns that its decisions were neither answered nor logged, and nothing is dropped
+silently. One thread takes everything queued at once, sends it and flushes. A send error or an
+undelivered flush is counted in `/metrics` (`decisions_failed_total`), logged with the request
+ids, and makes `/healthz` degraded; so does a backlog over half the queue.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 
 from contracts import DecisionEvent
 from serving._metrics import ServingMetrics
+from serving.errors import DecisionQueueFullError
 from stream import EventLogError, EventLogger
 
 logger = logging.getLogger(__name__)
 
-_MAX_UNFLUSHED = 512
 _DEGRADED_FOR_S = 60.0
-_STOP = object()
 
 
 class DecisionLog:
@@ -33,29 +36,50 @@ class DecisionLog:
         queue_size: int,
         flush_interval_s: float,
         flush_timeout_s: float,
-        enqueue_timeout_s: float = 10.0,
+        retry_after_s: int = 1,
     ) -> None:
         self._event_logger = event_logger
         self._metrics = metrics
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        self._queue: deque[DecisionEvent] = deque()
+        self._queue_size = queue_size
+        self._changed = threading.Condition()
+        self._stopping = False
         self._flush_interval_s = flush_interval_s
         self._flush_timeout_s = flush_timeout_s
-        self._enqueue_timeout_s = enqueue_timeout_s
+        self._retry_after_s = retry_after_s
         self._thread: threading.Thread | None = None
         self._last_failure: tuple[float, str] | None = None
+        metrics.watch_decision_queue(self.depth, queue_size)
 
-    def submit(self, event: DecisionEvent) -> None:
-        """Enqueue; a full queue slows the caller down (back-pressure) rather than losing the event.
+    @property
+    def capacity(self) -> int:
+        return self._queue_size
 
-        Only when the queue stays full for `enqueue_timeout_s` is the decision counted as failed.
+    def depth(self) -> int:
+        """Decisions queued and not yet handed to the broker client."""
+        return len(self._queue)
+
+    def refuse_if_full(self, n: int) -> None:
+        """Raise `DecisionQueueFullError` now if `n` more decisions would not fit (a cheap early no;
+        `offer` decides)."""
+        depth = len(self._queue)
+        if depth + n > self._queue_size:
+            self._metrics.add("decisions_refused", n)
+            raise DecisionQueueFullError(n, depth, self._queue_size, self._retry_after_s)
+
+    def offer(self, events: Sequence[DecisionEvent]) -> None:
+        """Queue all of `events` or none, at once; never waits.
+
+        Raises `DecisionQueueFullError` when they do not all fit: the caller must not answer
+        those decisions (they are not logged) and says 503 with `Retry-After`.
         """
-        try:
-            self._queue.put(event, timeout=self._enqueue_timeout_s)
-        except queue.Full:
-            self._fail(
-                [event.request_id],
-                f"decision queue full ({self._queue.maxsize}) for {self._enqueue_timeout_s}s; broker too slow?",
-            )
+        with self._changed:
+            depth = len(self._queue)
+            if depth + len(events) > self._queue_size:
+                self._metrics.add("decisions_refused", len(events))
+                raise DecisionQueueFullError(len(events), depth, self._queue_size, self._retry_after_s)
+            self._queue.extend(events)
+            self._changed.notify()
 
     def degraded_reason(self) -> str | None:
         """A recent logging failure, or a backlog, worth showing on `/healthz`."""
@@ -63,11 +87,13 @@ class DecisionLog:
             at, reason = self._last_failure
             if time.monotonic() - at < _DEGRADED_FOR_S:
                 return f"decision logging failed {time.monotonic() - at:.0f}s ago: {reason}"
-        if self._queue.qsize() > self._queue.maxsize // 2:
-            return f"decision log backlog {self._queue.qsize()}/{self._queue.maxsize}"
+        depth = len(self._queue)
+        if depth > self._queue_size // 2:
+            return f"decision log backlog {depth}/{self._queue_size}"
         return None
 
     def start(self) -> None:
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="streamrl-decision-log", daemon=True)
         self._thread.start()
 
@@ -75,7 +101,9 @@ class DecisionLog:
         """Send and flush everything queued, then stop the thread."""
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        with self._changed:
+            self._stopping = True
+            self._changed.notify()
         self._thread.join(timeout=self._flush_timeout_s + 5.0)
         self._thread = None
 
@@ -86,28 +114,28 @@ class DecisionLog:
         more = f" (+{len(request_ids) - len(shown)} more)" if len(request_ids) > len(shown) else ""
         logger.error("%d decision(s) not logged: %s; request ids %s%s", len(request_ids), reason, shown, more)
 
+    def _take(self) -> tuple[list[DecisionEvent], bool]:
+        """Everything queued (waiting up to a flush interval for something), and whether to stop."""
+        with self._changed:
+            if not self._queue and not self._stopping:
+                self._changed.wait(self._flush_interval_s)
+            taken = list(self._queue)
+            self._queue.clear()
+            return taken, self._stopping
+
     def _run(self) -> None:
-        pending: list[str] = []
-        last_flush = time.monotonic()
         stopping = False
         while not stopping:
-            try:
-                item = self._queue.get(timeout=self._flush_interval_s)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
-                stopping = True
-            elif isinstance(item, DecisionEvent):
+            taken, stopping = self._take()
+            sent: list[str] = []
+            for event in taken:
                 try:
-                    self._event_logger.log_decision(item)
-                    pending.append(item.request_id)
+                    self._event_logger.log_decision(event)
+                    sent.append(event.request_id)
                 except Exception as exc:
-                    self._fail([item.request_id], f"{type(exc).__name__}: {exc}")
-            due = time.monotonic() - last_flush >= self._flush_interval_s or self._queue.empty()
-            if pending and (stopping or due or len(pending) >= _MAX_UNFLUSHED):
-                self._flush(pending)
-                pending = []
-                last_flush = time.monotonic()
+                    self._fail([event.request_id], f"{type(exc).__name__}: {exc}")
+            if sent:
+                self._flush(sent)
 
     def _flush(self, request_ids: list[str]) -> None:
         try:

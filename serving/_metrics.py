@@ -6,15 +6,19 @@ It does not use prometheus_client's `Counter`/`Histogram` objects, whose storage
 per process: importing Feast sets `PROMETHEUS_MULTIPROC_DIR`, and in that mode every metric is
 backed by one mmap file per process, so a second app in the process (tests, the demo) would
 start from the first one's counts.
+
+With several workers (`ServingConfig.workers`) each process has its own counts: a scrape shows the
+worker that accepted it, named by `streamrl_serving_worker{pid=…}`.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
@@ -31,6 +35,10 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 _COUNTERS = {
     "decisions_logged": ("streamrl_serving_decisions_logged_total", "Decisions the broker acknowledged."),
     "decisions_failed": ("streamrl_serving_decisions_failed_total", "Decisions that could not be logged."),
+    "decisions_refused": (
+        "streamrl_serving_decisions_refused_total",
+        "Decisions refused with 503 because the decision log queue was full (neither answered nor logged).",
+    ),
     "model_swaps": ("streamrl_serving_model_swaps_total", "Models loaded and swapped in."),
     "model_swap_failures": (
         "streamrl_serving_model_swap_failures_total",
@@ -63,6 +71,8 @@ class ServingMetrics:
         self._latency_sum_s: Counter[str] = Counter()
         self._counts: Counter[str] = Counter()
         self._model_version: str | None = None
+        self._queue_depth: Callable[[], int] | None = None
+        self._queue_capacity = 0
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
 
@@ -79,6 +89,10 @@ class ServingMetrics:
             raise KeyError(f"no serving counter {name!r}; the counters are {sorted(_COUNTERS)}")
         with self._lock:
             self._counts[name] += n
+
+    def watch_decision_queue(self, depth: Callable[[], int], capacity: int) -> None:
+        """Export the decision log's queue depth (read on each scrape) and its capacity as gauges."""
+        self._queue_depth, self._queue_capacity = depth, capacity
 
     def requests_total(self, endpoint: str, status: int) -> int:
         with self._lock:
@@ -123,6 +137,24 @@ class ServingMetrics:
         yield histogram
         for name, (metric, help_text) in _COUNTERS.items():
             yield CounterMetricFamily(metric, help_text, value=counts.get(name, 0))
+        if self._queue_depth is not None:
+            yield GaugeMetricFamily(
+                "streamrl_serving_decision_queue_depth",
+                "Decisions waiting to be handed to the broker client.",
+                value=self._queue_depth(),
+            )
+            yield GaugeMetricFamily(
+                "streamrl_serving_decision_queue_capacity",
+                "Decisions the queue holds before requests are refused with 503.",
+                value=self._queue_capacity,
+            )
+        worker = GaugeMetricFamily(
+            "streamrl_serving_worker",
+            "1, labelled with the pid of the serving process (worker) that answered this scrape.",
+            labels=("pid",),
+        )
+        worker.add_metric([str(os.getpid())], 1)
+        yield worker
         gauge = GaugeMetricFamily(
             "streamrl_serving_model_version", "1 for the model version currently served.", labels=("version",)
         )

@@ -14,13 +14,17 @@ returns an `ErrorBody` with a request id.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import math
+import os
 import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +44,7 @@ from serving._metrics import ServingMetrics
 from serving.config import ServingConfig, UniformFallbackConfig
 from serving.errors import (
     BatchTooLargeError,
+    DecisionQueueFullError,
     NoModelError,
     ServingError,
     ServingStartupError,
@@ -79,7 +84,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "out of bounds, too large a batch. The message names the field.",
     },
     500: {"model": ErrorBody, "description": "Internal error (quote the request id)."},
-    503: {"model": ErrorBody, "description": "No model is loaded and no fallback serves."},
+    503: {
+        "model": ErrorBody,
+        "description": "No model is loaded and no fallback serves; or the decision log's queue is full "
+        "(DecisionQueueFullError, with Retry-After): nothing was decided or logged, retry later.",
+    },
 }
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -100,6 +109,7 @@ class _Runtime:
     feature_reader: Any | None  # features.OnlineReader, imported only when configured
     rng: np.random.Generator
     rng_lock: threading.Lock
+    inference: ThreadPoolExecutor  # feature reads, ONNX calls and the decision hand-off: off the event loop
 
 
 class _MetricsMiddleware:
@@ -144,7 +154,14 @@ def create_app(config: ServingConfig) -> FastAPI:
         finally:
             await run_in_threadpool(_stop_runtime, runtime)
 
-    app = FastAPI(title="streamrl serving", version="1", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks look up the global providers on every request (~8 % of a
+    # `/v1/act` in the profile); serving has its own metrics, so they are off.
+    app = FastAPI(
+        title="streamrl serving",
+        version="1",
+        lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.add_middleware(_MetricsMiddleware, metrics=metrics)
     # One handler; registered per type because Starlette re-raises whatever only the
     # catch-all `Exception` entry handles (that one is for the 500s).
@@ -245,7 +262,7 @@ def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
         queue_size=config.decision_queue_size,
         flush_interval_s=config.log_flush_interval_s,
         flush_timeout_s=config.log_flush_timeout_s,
-        enqueue_timeout_s=config.decision_enqueue_timeout_s,
+        retry_after_s=config.decision_retry_after_s,
     )
     decision_log.start()
     if isinstance(config.fallback, UniformFallbackConfig):
@@ -258,14 +275,25 @@ def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
         decision_log=decision_log,
         event_logger=event_logger,
         feature_reader=feature_reader,
-        rng=np.random.default_rng(config.seed),
+        rng=np.random.default_rng(_process_seed(config)),
         rng_lock=threading.Lock(),
+        inference=ThreadPoolExecutor(config.inference_threads, thread_name_prefix="streamrl-inference"),
     )
 
 
+def _process_seed(config: ServingConfig) -> int | list[int] | None:
+    """The seed of this process's generator: `seed`, mixed with the pid when several workers share it
+    (the same stream in every worker would correlate their draws)."""
+    if config.seed is None or config.workers == 1:
+        return config.seed
+    return [config.seed, os.getpid()]
+
+
 def _stop_runtime(runtime: _Runtime) -> None:
-    """Stop following the registry, then send and flush every queued decision before closing."""
+    """Stop following the registry and finish the calls in flight, then send and flush every queued
+    decision before closing."""
     runtime.holder.stop()
+    runtime.inference.shutdown(wait=True)
     runtime.decision_log.stop()
     try:
         runtime.event_logger.close(runtime.config.log_flush_timeout_s)
@@ -298,12 +326,12 @@ def _fallback_version(config: ServingConfig) -> str | None:
     return config.fallback.model_version if isinstance(config.fallback, UniformFallbackConfig) else None
 
 
-async def _online_features(runtime: _Runtime, entity_ids: list[str]) -> list[dict[str, Any]]:
+def _online_features(runtime: _Runtime, entity_ids: list[str]) -> list[dict[str, Any]]:
     """Latest online features per entity; on a store failure, none (the model treats them as missing)."""
     if runtime.feature_reader is None:
         return [{} for _ in entity_ids]
     try:
-        return await run_in_threadpool(runtime.feature_reader.get, entity_ids)
+        return runtime.feature_reader.get(entity_ids)
     except Exception as exc:
         runtime.metrics.add("feature_lookup_failures")
         logger.warning(
@@ -354,8 +382,8 @@ def _continuous_space(runtime: _Runtime, model: LoadedModel | None) -> Continuou
     return ContinuousSpace.of_config(dimensions) if dimensions is not None else None
 
 
-async def _features(runtime: _Runtime, requests: list[Any]) -> list[dict[str, float | None]]:
-    online = await _online_features(runtime, [r.entity_id for r in requests])
+def _features(runtime: _Runtime, requests: list[Any]) -> list[dict[str, float | None]]:
+    online = _online_features(runtime, [r.entity_id for r in requests])
     return [_merge(o, r.context_features) for o, r in zip(online, requests, strict=True)]
 
 
@@ -435,18 +463,47 @@ async def _decide(runtime: _Runtime, requests: list[Any], batch: bool) -> list[A
         runtime.metrics.add("not_served", len(requests) - len(rows))
     if not rows:
         return responses
-    decided = [requests[i] for i in rows]
-    contexts = await _features(runtime, decided)
-    chosen = _choose_per_model(
-        runtime, [models[i] for i in rows], decided, contexts, [prefixes[i] for i in rows]
+    runtime.decision_log.refuse_if_full(len(rows))  # refused before any work when there is no room
+    answered = await _in_thread(
+        runtime,
+        _decide_rows,
+        runtime,
+        served,
+        [models[i] for i in rows],
+        [requests[i] for i in rows],
+        [versions[i] for i in rows],
+        [prefixes[i] for i in rows],
     )
-    _count_canary(runtime, served, models)
+    for i, response in zip(rows, answered, strict=True):
+        responses[i] = response
+    return responses
+
+
+async def _in_thread(runtime: _Runtime, work: Callable[..., Any], *args: Any) -> Any:
+    """Run `work(*args)` on the inference threads; the event loop keeps answering meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(runtime.inference, functools.partial(work, *args))
+
+
+def _decide_rows(
+    runtime: _Runtime,
+    served: Served,
+    models: list[LoadedModel | None],
+    requests: list[Any],
+    versions: list[str | None],
+    prefixes: list[str],
+) -> list[Any]:
+    """On an inference thread: online features, each model's choices, then every decision offered to
+    the log at once (`DecisionQueueFullError` when they do not fit: none is answered or logged)."""
+    contexts = _features(runtime, requests)
+    chosen = _choose_per_model(runtime, models, requests, contexts, prefixes)
     now = datetime.now(UTC)
-    for i, request, context, (kind, choice) in zip(rows, decided, contexts, chosen, strict=True):
-        version = versions[i]
+    events, responses = [], []
+    for request, context, (kind, choice), version in zip(requests, contexts, chosen, versions, strict=True):
         assert version is not None
-        runtime.decision_log.submit(_event(request, kind, context, choice, version, now))
-        responses[i] = _response(request, kind, choice, version)
+        events.append(_event(request, kind, context, choice, version, now))
+        responses.append(_response(request, kind, choice, version))
+    runtime.decision_log.offer(events)
+    _count_canary(runtime, served, models)
     return responses
 
 
@@ -509,10 +566,28 @@ async def _log_app_decisions(
     for decision, kind, prefix in zip(decisions, kinds, prefixes, strict=True):
         _check_kind(runtime, model, decision.action_kind, prefix)
         logged.append(Choice(event=KINDS[kind].logged(decision, space, prefix), response={}))
-    contexts = await _features(runtime, decisions)
+    runtime.decision_log.refuse_if_full(len(decisions))
+    return await _in_thread(runtime, _log_and_score, runtime, model, decisions, kinds, logged, prefixes)
+
+
+def _log_and_score(
+    runtime: _Runtime,
+    model: LoadedModel | None,
+    decisions: list[Any],
+    kinds: list[ActionKind],
+    logged: list[Choice],
+    prefixes: list[str],
+) -> list[LoggedDecisionResponse]:
+    """On an inference thread: online features, every decision offered to the log at once, then the
+    model's would-be decisions."""
+    contexts = _features(runtime, decisions)
     now = datetime.now(UTC)
-    for decision, kind, context, choice in zip(decisions, kinds, contexts, logged, strict=True):
-        runtime.decision_log.submit(_event(decision, kind, context, choice, decision.policy, now))
+    runtime.decision_log.offer(
+        [
+            _event(decision, kind, context, choice, decision.policy, now)
+            for decision, kind, context, choice in zip(decisions, kinds, contexts, logged, strict=True)
+        ]
+    )
     if model is None:
         error = f"no model is loaded ({runtime.holder.last_error or 'nothing is deployed'})"
         return [
@@ -615,4 +690,5 @@ async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
         )
         logger.error("internal error, request id %s", request_id, exc_info=exc)
     body = ErrorBody(error=kind, message=message, request_id=request_id)
-    return JSONResponse(body.model_dump(), status_code=status)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, DecisionQueueFullError) else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)

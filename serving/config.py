@@ -76,14 +76,27 @@ class ServingConfig(_Section):
     )
     seed: int | None = Field(None, description="seed for action sampling; None = fresh entropy")
     max_batch: int = Field(256, ge=1, le=10_000)
-    decision_queue_size: int = Field(
-        10_000, ge=1, description="decisions waiting to be logged before requests are slowed down"
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="serving processes on the one port (uvicorn workers); each follows the deploy "
+        "pointer and hot-swaps on its own",
     )
-    decision_enqueue_timeout_s: float = Field(
-        10.0,
-        ge=0.0,
-        description="how long a request waits for room in a full decision queue (back-pressure) "
-        "before its decision is counted as failed",
+    inference_threads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="threads per process for the online feature read, ONNX inference and the decision "
+        "hand-off, so the event loop (and /healthz) never waits on them",
+    )
+    decision_queue_size: int = Field(
+        10_000,
+        ge=1,
+        description="decisions waiting to be logged; a call whose decisions do not fit is refused with 503",
+    )
+    decision_retry_after_s: int = Field(
+        1, ge=0, description="the Retry-After of a 503 refused because the decision queue is full"
     )
     log_flush_interval_s: float = Field(0.2, gt=0.0, description="how often logged decisions are flushed")
     log_flush_timeout_s: float = Field(10.0, gt=0.0)

@@ -131,3 +131,21 @@ class ModelOutputError(ServingError):
 
 class ServingStartupError(ServingError):
     """A dependency the server needs (broker, feature store) could not be set up at startup."""
+
+
+class DecisionQueueFullError(ServingError):
+    """The decision log's queue has no room for this call's decisions: they are neither answered nor
+    logged; the client retries after `retry_after_s` (the `Retry-After` header)."""
+
+    status_code = 503
+
+    def __init__(self, decisions: int, depth: int, capacity: int, retry_after_s: int) -> None:
+        self.decisions = decisions
+        self.depth = depth
+        self.capacity = capacity
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"decision log queue full ({depth}/{capacity} queued, {decisions} more offered): the broker is "
+            f"not keeping up, so these decisions were not taken and nothing was logged; retry after "
+            f"{retry_after_s} s (Retry-After), and check the broker (`streamrl status`)"
+        )

@@ -21,14 +21,12 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from serving import create_app
+    from serving import run_server
 
     config = environment_from(args).serving_config()
-    # uvicorn stops gracefully on SIGTERM/SIGINT (the lifespan flushes the decision log), then
-    # re-raises the signal to the handler installed before it: this one makes a stop exit 0.
+    # uvicorn stops gracefully on SIGTERM/SIGINT (each worker's lifespan flushes its decision log),
+    # then re-raises the signal to the handler installed before it: this one makes a stop exit 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="warning")
+    run_server(config)  # `serving.workers` processes on the port
     return 0
