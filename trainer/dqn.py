@@ -24,10 +24,9 @@ from trainer.artifact import DataRange
 from trainer.checkpoint import CheckpointConfig
 from trainer.config import DqnConfig
 from trainer.cql import CqlConfig, conservative_penalty
-from trainer.data import TransitionTensors, build_transitions
+from trainer.data import TransitionTensors
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
-from trainer.nstep import n_step_transitions
-from trainer.parametric_data import timeline_data_range
+from trainer.parquet_data import PreparedTimelines, training_data_range, training_transitions
 
 
 class QNetwork(nn.Module):
@@ -78,7 +77,7 @@ class TrainingResult:
 
 
 def train_dqn(
-    timelines: pd.DataFrame,
+    timelines: pd.DataFrame | PreparedTimelines,
     spec: NormalizationSpec,
     actions: Sequence[str],
     config: DqnConfig,
@@ -91,6 +90,7 @@ def train_dqn(
     """Fit Q(s, a) to logged transitions; log per-epoch metrics to tensorboardX under `log_dir`.
 
     Also trains CQL: a `CqlConfig` adds its conservative penalty to every row's TD loss.
+    `timelines` may come already as tensors (`trainer.parquet_data.stream_transitions`).
 
     Seeded and deterministic on CPU: the same timelines and config give the same weights, for
     any number of processes (`distributed`, see trainer.distributed) up to float rounding, and
@@ -106,7 +106,7 @@ def train_dqn(
 
 
 def _train(
-    timelines: pd.DataFrame,
+    timelines: pd.DataFrame | PreparedTimelines,
     spec: NormalizationSpec,
     actions: list[str],
     config: DqnConfig,
@@ -116,11 +116,8 @@ def _train(
     on_step: StepHook | None,
 ) -> TrainingResult:
     feature_names = list(spec.feature_names)
-    cpu_data = n_step_transitions(
-        timelines,
-        build_transitions(timelines, feature_names, actions, config.gamma, config.reward_clip),
-        config.n_step,
-        config.gamma,
+    cpu_data = training_transitions(
+        timelines, feature_names, actions, config.gamma, config.reward_clip, config.n_step
     )
     device = ctx.torch_device
     data = _to_device(cpu_data, device)
@@ -179,7 +176,7 @@ def _train(
         feature_names=feature_names,
         actions=actions,
         metrics=dict(history[-1]) if history else {},
-        data_range=timeline_data_range(timelines),
+        data_range=training_data_range(timelines),
         history=history,
         transitions_per_s=float(np.mean(throughput)) if throughput else 0.0,
     )

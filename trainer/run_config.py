@@ -20,6 +20,8 @@ from trainer.distributed import DistributedConfig
 from trainer.errors import TrainerError
 from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
 
+BATCHED_ALGORITHMS = ("dqn", "cql")  # the algorithms `data.batch_rows` can feed (trainer.parquet_data)
+
 
 class RunConfigError(TrainerError):
     """A run config file is missing, not YAML, or does not validate."""
@@ -41,6 +43,12 @@ class TimelinesSource(_Section):
     output_dir: Path = Field(description="the stream job's output_dir (timelines/ is under it)")
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
+    batch_rows: int | None = Field(
+        None,
+        gt=0,
+        description="read the parquet this many rows at a time straight into tensors (trainer.parquet_data) "
+        "instead of loading every row as pandas; for runs too large for memory (dqn and cql)",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> TimelinesSource:
@@ -81,6 +89,22 @@ class TrainRunConfig(_Section):
         duplicates = sorted({a for a in self.actions if self.actions.count(a) > 1})
         if duplicates:
             raise ValueError(f"actions must be unique, {duplicates} appear more than once")
+        return self
+
+    @model_validator(mode="after")
+    def _batched_reading(self) -> TrainRunConfig:
+        if self.data.batch_rows is None:
+            return self
+        if self.algorithm.type not in BATCHED_ALGORITHMS:
+            raise ValueError(
+                f"data.batch_rows={self.data.batch_rows} reads timelines in batches for {list(BATCHED_ALGORITHMS)} "
+                f"only, not algorithm.type {self.algorithm.type!r}; remove data.batch_rows"
+            )
+        if self.normalization.spec_path is None:
+            raise ValueError(
+                f"data.batch_rows={self.data.batch_rows} needs normalization.spec_path: a batched run does not "
+                "hold the rows a spec is fitted on; fit one first (features.fit_normalization_spark) and set its path"
+            )
         return self
 
 

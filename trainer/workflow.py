@@ -21,6 +21,7 @@ from stream import load_timelines
 from trainer.algorithms import AlgorithmConfig, algorithm_kind, export_function, train_function
 from trainer.artifact import ModelMetadata
 from trainer.bandits import BanditResult
+from trainer.config import DqnConfig
 from trainer.continuous import ContinuousTrainingResult
 from trainer.data import feature_maps
 from trainer.distributed import open_process_group
@@ -28,6 +29,7 @@ from trainer.dqn import StepHook, TrainingResult
 from trainer.errors import TrainingDataError
 from trainer.exporters import ExportedModel
 from trainer.parametric_dqn import ParametricTrainingResult
+from trainer.parquet_data import DEFAULT_BATCH_ROWS, PreparedTimelines, stream_transitions, timeline_files
 from trainer.policy import ExplorationConfig
 from trainer.registry import ModelRegistry
 from trainer.run_config import TrainRunConfig
@@ -58,7 +60,12 @@ def run_training(config: TrainRunConfig, *, on_step: StepHook | None = None) -> 
     """
     algorithm = config.algorithm
     with open_process_group(config.distributed, algorithm.device) as context:
-        timelines = load_timelines(config.data.output_dir, config.data.start, config.data.end)
+        if config.data.batch_rows is None:
+            timelines: pd.DataFrame | PreparedTimelines = load_timelines(
+                config.data.output_dir, config.data.start, config.data.end
+            )
+        else:
+            timelines = _prepared_timelines(config)
         if len(timelines) == 0:
             raise TrainingDataError(
                 f"no timelines under {config.data.output_dir} in [{config.data.start}, {config.data.end}); "
@@ -79,15 +86,43 @@ def run_training(config: TrainRunConfig, *, on_step: StepHook | None = None) -> 
         metadata = None
         if context.is_main:
             registry = ModelRegistry(config.output.registry_dir)
-            metadata = _export_and_register(result, timelines, spec, algorithm, registry, config.exploration)
+            rows = timelines.head if isinstance(timelines, PreparedTimelines) else timelines
+            metadata = _export_and_register(result, rows, spec, algorithm, registry, config.exploration)
         context.barrier()
     return metadata
 
 
-def _normalization_spec(config: TrainRunConfig, timelines: pd.DataFrame, *, write: bool) -> NormalizationSpec:
+def _prepared_timelines(config: TrainRunConfig) -> PreparedTimelines:
+    """`data.batch_rows` set: the timeline parquet read batch by batch straight into DQN tensors."""
+    algorithm = config.algorithm
+    if (
+        not isinstance(algorithm, DqnConfig) or config.normalization.spec_path is None
+    ):  # the config checks this
+        raise TrainingDataError(
+            f"data.batch_rows does not apply to algorithm {algorithm.type!r} without a spec_path"
+        )
+    spec = load_spec(config.normalization.spec_path)
+    return stream_transitions(
+        timeline_files(config.data.output_dir),
+        spec.feature_names,
+        config.actions,
+        algorithm.gamma,
+        algorithm.reward_clip,
+        algorithm.n_step,
+        batch_rows=config.data.batch_rows or DEFAULT_BATCH_ROWS,
+        start=config.data.start,
+        end=config.data.end,
+    )
+
+
+def _normalization_spec(
+    config: TrainRunConfig, timelines: pd.DataFrame | PreparedTimelines, *, write: bool
+) -> NormalizationSpec:
     """The configured spec, or one fitted on the training states (saved next to the logs)."""
     if config.normalization.spec_path is not None:
         return load_spec(config.normalization.spec_path)
+    if isinstance(timelines, PreparedTimelines):  # the run config requires spec_path with batch_rows
+        raise TrainingDataError("a spec cannot be fitted on batched timelines; set normalization.spec_path")
     frame = frame_from_feature_maps(feature_maps(timelines["state_features"]))
     spec = fit_normalization(frame, config.normalization.fit)
     if write:
