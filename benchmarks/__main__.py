@@ -23,6 +23,8 @@ BENCHMARKS = {
     "cartpole_offline": "benchmarks.cartpole_offline",
     "bandit_regret": "benchmarks.bandit_regret",
     "served_loop": "benchmarks.served_loop",
+    "serving_load": "benchmarks.serving_load",
+    "training_data": "benchmarks.training_data",
 }
 
 
