@@ -152,7 +152,10 @@ class NeuralBandit(nn.Module):
         self.heads = nn.ModuleList(_mlp(int(spec.output_dim), hidden_sizes) for _ in range(n_actions))
 
     def q_all(self, features_raw: torch.Tensor) -> torch.Tensor:
-        z = self.normalization(features_raw)
+        return self.q_normalized(self.normalization(features_raw))
+
+    def q_normalized(self, z: torch.Tensor) -> torch.Tensor:
+        """`q_all` after the normalization (training normalizes every logged row once, up front)."""
         return torch.cat([head(z) for head in self.heads], dim=1)
 
     def forward(self, features_raw: torch.Tensor, possible_mask: torch.Tensor) -> torch.Tensor:
@@ -407,7 +410,10 @@ def _fit_neural(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             network = NeuralBandit(spec, len(actions), config.hidden_sizes)
-        q_all = ctx.wrap(ForwardOf(network, "q_all"))  # the only forward that needs gradients
+        # The normalization is a fixed row-wise function of the spec: run it once, not every batch.
+        with torch.no_grad():
+            states = network.normalization(logged.states)
+        q_all = ctx.wrap(ForwardOf(network, "q_normalized"))  # the only forward that needs gradients
         optimizer = torch.optim.Adam(
             [p for p in network.parameters() if p.requires_grad],
             lr=config.learning_rate,
@@ -417,7 +423,7 @@ def _fit_neural(
 
         def step(shard: MinibatchShard) -> dict[str, float]:
             rows = shard.rows
-            q = q_all(logged.states[rows]).gather(1, logged.actions[rows, None]).squeeze(1)
+            q = q_all(states[rows]).gather(1, logged.actions[rows, None]).squeeze(1)
             # The global batch's weighted mean: its weight total is known to every process.
             squared = (w[rows] * (q - logged.rewards[rows]) ** 2).sum()
             loss = squared * (shard.world_size / w[shard.global_rows].sum())

@@ -10,6 +10,7 @@ normalizes a whole minibatch; the same module is baked into the exported actor.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ def to_env(unit: np.ndarray, low: Sequence[float], high: Sequence[float]) -> np.
 
 @dataclass(frozen=True, slots=True)
 class ContinuousTransitions:
-    """One logged step per row; actions already in the unit box."""
+    """One logged step per row; actions already in the unit box. States are raw as built, and
+    normalized (`normalized_transitions`) before a learner's `update` sees them."""
 
     states: torch.Tensor  # float32 [N, F] raw, NaN = missing
     actions: torch.Tensor  # float32 [N, A] in (−1, 1)
@@ -311,9 +313,10 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 class ContinuousLearner(Protocol):
     """One algorithm's networks and optimizers; `update` is one gradient step on a minibatch.
 
-    `update(batch, shard)` takes this process's rows and their `MinibatchShard` (None: the whole
-    batch in one process, as the online Gym loop uses it) and returns metrics, each this process's
-    share of the global batch's value. `state_dict`/`load_state_dict` cover everything a resumed
+    `update(batch, shard)` takes this process's rows, their states already through the actor's
+    normalization (`normalized_transitions`), and their `MinibatchShard` (None: the whole batch in
+    one process, as the online Gym loop uses it) and returns metrics, each this process's share of
+    the global batch's value. `state_dict`/`load_state_dict` cover everything a resumed
     run needs (networks, targets, optimizers, counters) as plain tensors and numbers.
     """
 
@@ -326,6 +329,19 @@ class ContinuousLearner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def normalized_transitions(actor: ContinuousActor, batch: ContinuousTransitions) -> ContinuousTransitions:
+    """`batch` with states and next states through the actor's (frozen) normalization: what a
+    learner's `update` takes. The normalization is a fixed row-wise function of the spec, so the
+    offline loop runs it once on every row instead of on every minibatch; the online loop runs it
+    on each batch it samples from its growing buffer."""
+    with torch.no_grad():
+        return dataclasses.replace(
+            batch,
+            states=actor.normalization(batch.states),
+            next_states=actor.normalization(batch.next_states),
+        )
 
 
 #: `type` → learner class, imported lazily (one line per algorithm; no registration by import).
@@ -416,8 +432,10 @@ def train_continuous(
                 actions=actions,
             )
 
+            normalized = normalized_transitions(learner.actor, data)  # once, not every minibatch
+
             def step(shard: MinibatchShard) -> dict[str, float]:
-                return learner.update(data.take(shard.rows), shard)
+                return learner.update(normalized.take(shard.rows), shard)
 
             history = run_epochs(
                 loop, learner, step, distributed, checkpoint=checkpoint, log_dir=log_dir, on_step=on_step

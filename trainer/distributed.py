@@ -159,7 +159,7 @@ def select_backend(config: DistributedConfig, device: str) -> Backend:
 
 def shard_rows(global_rows: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This process's strided share of one global batch (like DistributedSampler, per batch)."""
-    return global_rows[rank::world_size]
+    return global_rows if world_size == 1 else global_rows[rank::world_size]
 
 
 def launched_world_size() -> int:

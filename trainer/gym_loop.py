@@ -24,7 +24,7 @@ from tensorboardX import SummaryWriter
 
 from features import NormalizationSpec, fit_normalization
 from trainer._progress import step_bar
-from trainer.continuous import ReplayBuffer, build_learner, to_unit
+from trainer.continuous import ReplayBuffer, build_learner, normalized_transitions, to_unit
 from trainer.continuous_export import ContinuousOnnxPolicy, export_continuous_policy
 from trainer.errors import TrainerError
 from trainer.sac import SacConfig
@@ -204,7 +204,8 @@ def run_online(
                     updates = max(1, round(loop.steps_per_round * loop.updates_per_step))
                     metrics: dict[str, list[float]] = {}
                     for _ in range(updates):
-                        for name, value in learner.update(buffer.sample(algorithm.batch_size)).items():
+                        batch = normalized_transitions(learner.actor, buffer.sample(algorithm.batch_size))
+                        for name, value in learner.update(batch).items():
                             metrics.setdefault(name, []).append(value)
                     onnx_bytes = export_continuous_policy(learner.actor, check=False)
                     learner.actor.train()

@@ -34,6 +34,7 @@ from trainer.checkpoint import CheckpointConfig
 from trainer.distributed import SINGLE_PROCESS, DistributedContext, ForwardOf, MinibatchShard
 from trainer.graph_export import export_graph
 from trainer.parametric_data import (
+    ParametricTransitions,
     build_parametric_transitions,
     candidate_tensor,
     fit_action_normalization,
@@ -94,10 +95,24 @@ class ParametricQNetwork(nn.Module):
 
     def q_pairs(self, states_raw: torch.Tensor, action_features_raw: torch.Tensor) -> torch.Tensor:
         """Q [N] of N (state, action) pairs."""
-        joint = torch.cat(
-            [self.state_normalization(states_raw), self.action_normalization(action_features_raw)], dim=1
+        return self.q_pairs_normalized(
+            self.state_normalization(states_raw), self.action_normalization(action_features_raw)
         )
-        return self.body(joint).squeeze(1)
+
+    def q_pairs_normalized(self, states: torch.Tensor, action_features: torch.Tensor) -> torch.Tensor:
+        """`q_pairs` after the normalizations (training normalizes every logged row once, up front)."""
+        return self.body(torch.cat([states, action_features], dim=1)).squeeze(1)
+
+    def scores_normalized(
+        self, states: torch.Tensor, candidates: torch.Tensor, candidate_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """`forward` after the normalizations: normalized states [B, F'], candidates [B, K, G']."""
+        k = candidates.shape[1]
+        q = self.q_pairs_normalized(
+            states.unsqueeze(1).expand(-1, k, -1).reshape(-1, states.shape[1]),
+            candidates.reshape(-1, candidates.shape[2]),
+        ).reshape(candidate_mask.shape)
+        return torch.where(candidate_mask > 0.5, q, torch.full_like(q, -math.inf))
 
     def forward(
         self, features_raw: torch.Tensor, action_features_raw: torch.Tensor, candidate_mask: torch.Tensor
@@ -182,7 +197,8 @@ def _train(
         network = ParametricQNetwork(spec, action_spec, config.hidden_sizes)
     target = copy.deepcopy(network)
     target.requires_grad_(False)
-    pair_q = ctx.wrap(ForwardOf(network, "q_pairs"))  # the only forward that needs gradients
+    normalized = _normalized_rows(network, data)
+    pair_q = ctx.wrap(ForwardOf(network, "q_pairs_normalized"))  # the only forward that needs gradients
     optimizer = torch.optim.Adam(
         [p for p in network.parameters() if p.requires_grad],
         lr=config.learning_rate,
@@ -195,12 +211,12 @@ def _train(
             y = data.rewards[rows] + config.gamma * data.not_terminal[rows] * _next_value(
                 network,
                 target,
-                data.next_states[rows],
-                data.next_candidates[rows],
+                normalized.next_states[rows],
+                normalized.next_candidates[rows],
                 data.next_mask[rows],
                 config,
             )
-        q = pair_q(data.states[rows], data.action_features[rows])
+        q = pair_q(normalized.states[rows], normalized.action_features[rows])
         loss = ((q - y) ** 2).sum() * shard.loss_scale
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -239,6 +255,30 @@ def _train(
     return network.eval(), history
 
 
+@dataclass(frozen=True, slots=True)
+class _NormalizedRows:
+    """The logged rows the update reads, normalized once: the normalizations are fixed row-wise
+    functions of the specs, so this is the same math as normalizing every minibatch."""
+
+    states: torch.Tensor  # [N, F']
+    action_features: torch.Tensor  # [N, G']
+    next_states: torch.Tensor  # [N, F']
+    next_candidates: torch.Tensor  # [N, K, G'] (padding normalized too; the mask drops it)
+
+
+def _normalized_rows(network: ParametricQNetwork, data: ParametricTransitions) -> _NormalizedRows:
+    n, k, g = data.next_candidates.shape
+    with torch.no_grad():
+        return _NormalizedRows(
+            states=network.state_normalization(data.states),
+            action_features=network.action_normalization(data.action_features),
+            next_states=network.state_normalization(data.next_states),
+            next_candidates=network.action_normalization(data.next_candidates.reshape(n * k, g)).reshape(
+                n, k, -1
+            ),
+        )
+
+
 def _next_value(
     network: ParametricQNetwork,
     target: ParametricQNetwork,
@@ -247,10 +287,11 @@ def _next_value(
     mask: torch.Tensor,
     config: ParametricDqnConfig,
 ) -> torch.Tensor:
-    """max over next candidates (double Q: online picks, target scores); 0 where there are none."""
-    target_scores = target(next_states, candidates, mask)
+    """max over next candidates (double Q: online picks, target scores); 0 where there are none.
+    States and candidates come normalized."""
+    target_scores = target.scores_normalized(next_states, candidates, mask)
     if config.double_q:
-        best = network(next_states, candidates, mask).argmax(dim=1, keepdim=True)
+        best = network.scores_normalized(next_states, candidates, mask).argmax(dim=1, keepdim=True)
         value = target_scores.gather(1, best).squeeze(1)
     else:
         value = target_scores.max(dim=1).values

@@ -110,8 +110,7 @@ class SacLearner:
         # Drawn for the whole global batch on every process: the math does not depend on the shards.
         noise = shard.share(torch.randn(shard.global_size, 2, config.action_dim))
         with torch.no_grad():
-            state = self.actor.normalization(batch.states)
-            next_state = self.actor.normalization(batch.next_states)
+            state, next_state = batch.states, batch.next_states  # normalized (`normalized_transitions`)
             alpha = self.log_alpha.exp()
             next_action, next_log_prob = self.actor.sample(next_state, noise[:, 0])
             next_q = torch.min(*self.critic_target(next_state, next_action)) - alpha * next_log_prob

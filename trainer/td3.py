@@ -95,8 +95,7 @@ class Td3Learner:
         # Drawn for the whole global batch on every process: the math does not depend on the shards.
         noise = shard.share(torch.randn(shard.global_size, config.action_dim))
         with torch.no_grad():
-            state = self.actor.normalization(batch.states)
-            next_state = self.actor.normalization(batch.next_states)
+            state, next_state = batch.states, batch.next_states  # normalized (`normalized_transitions`)
             noise = (noise * config.target_noise_std).clamp(
                 -config.target_noise_clip, config.target_noise_clip
             )

@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks.bandit_regret import UNIFORM, BanditProblem, _timeline_rows, run_online
 from trainer.artifact import (
@@ -19,11 +20,14 @@ from trainer.artifact import (
 from trainer.bandits import (
     LinearThompsonConfig,
     LinUcbConfig,
+    NeuralBandit,
     NeuralBanditConfig,
+    _row_weights,
     export_bandit,
     thompson_choice,
     train_bandit,
 )
+from trainer.data import build_transitions
 from trainer.errors import TrainingDataError
 
 
@@ -147,3 +151,34 @@ def test_bandit_registers_through_the_training_workflow(tmp_path):
     x = problem.contexts(np.random.default_rng(8), 500)
     q = policy.q_values(x, np.ones((len(x), len(problem.actions)), dtype=np.float32))
     assert (q.argmax(axis=1) == problem.expected(x).argmax(axis=1)).mean() >= 0.85
+
+
+def test_neural_bandit_normalizing_once_trains_the_weights_normalizing_every_batch_trains():
+    """Training normalizes every logged row once; the old path ran the network's normalization on
+    each minibatch. Same seeds, data and minibatch order: the same weights, bitwise."""
+    problem = BanditProblem.create(nonlinear=True)
+    logged = _logged(problem, 600, seed=3)
+    spec = problem.spec()
+    config = NeuralBanditConfig(num_epochs=3, hidden_sizes=[16], batch_size=64)
+
+    trained = train_bandit(logged, spec, problem.actions, config).network
+
+    data = build_transitions(logged, list(spec.feature_names), problem.actions, gamma=0.0)
+    w = torch.as_tensor(_row_weights(logged, config), dtype=torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        reference = NeuralBandit(spec, len(problem.actions), config.hidden_sizes)
+    optimizer = torch.optim.Adam(
+        reference.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    shuffle = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.num_epochs):
+        for rows in torch.randperm(len(data.rewards), generator=shuffle).split(config.batch_size):
+            q = reference.q_all(data.states[rows]).gather(1, data.actions[rows, None]).squeeze(1)
+            loss = (w[rows] * (q - data.rewards[rows]) ** 2).sum() * (1 / w[rows].sum())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], tensor), name

@@ -3,6 +3,8 @@ exported ONNX (scores over NaN-padded candidates) picks the best candidate on he
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
@@ -15,9 +17,10 @@ from features.spec import OUTPUT_CLAMP
 from trainer.artifact import ACTION_FEATURES_INPUT, CANDIDATE_MASK_INPUT, FEATURES_INPUT, SCORES_OUTPUT
 from trainer.errors import TrainingDataError
 from trainer.graph_export import check_graph_parity
-from trainer.parametric_data import candidate_tensor
+from trainer.parametric_data import build_parametric_transitions, candidate_tensor, fit_action_normalization
 from trainer.parametric_dqn import (
     ParametricDqnConfig,
+    ParametricQNetwork,
     export_parametric_model,
     parametric_parity_sample,
     train_parametric_dqn,
@@ -136,3 +139,51 @@ def test_td_loss_falls_and_bad_rows_are_named():
         train_parametric_dqn(broken, spec, None, ParametricDqnConfig(num_epochs=1))
     with pytest.raises(TrainingDataError, match="action_features"):
         train_parametric_dqn(timelines.drop(columns=["action_features"]), spec, None, ParametricDqnConfig())
+
+
+@pytest.mark.parametrize("double_q", [False, True])
+def test_normalizing_once_trains_the_weights_normalizing_every_batch_trains(state_spec, double_q):
+    """Training normalizes states and candidates once; the old path ran the network's own
+    normalizations on each minibatch. Same seeds, data and minibatch order: the same weights."""
+    timelines = toy_timelines(120, seed=5)
+    config = ParametricDqnConfig(gamma=0.5, hidden_sizes=[16], num_epochs=3, batch_size=32, double_q=double_q)
+    action_spec = fit_action_normalization(timelines, config.action_normalization)
+
+    trained = train_parametric_dqn(timelines, state_spec, None, config, action_spec=action_spec).network
+
+    data = build_parametric_transitions(
+        timelines, list(state_spec.feature_names), list(action_spec.feature_names), config.reward_clip
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        network = ParametricQNetwork(state_spec, action_spec, config.hidden_sizes)
+    target = copy.deepcopy(network).requires_grad_(False)
+    optimizer = torch.optim.Adam(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    shuffle = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.num_epochs):
+        for rows in torch.randperm(data.n_rows, generator=shuffle).split(config.batch_size):
+            with torch.no_grad():
+                mask = data.next_mask[rows]
+                scores = target(data.next_states[rows], data.next_candidates[rows], mask)
+                if double_q:
+                    best = network(data.next_states[rows], data.next_candidates[rows], mask).argmax(
+                        1, keepdim=True
+                    )
+                    value = scores.gather(1, best).squeeze(1)
+                else:
+                    value = scores.max(dim=1).values
+                value = torch.where(mask.sum(dim=1) > 0, value, torch.zeros_like(value))
+                y = data.rewards[rows] + config.gamma * data.not_terminal[rows] * value
+            q = network.q_pairs(data.states[rows], data.action_features[rows])
+            loss = ((q - y) ** 2).sum() * (1 / len(rows))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                for online_p, target_p in zip(network.parameters(), target.parameters(), strict=True):
+                    target_p.lerp_(online_p, config.target_update_tau)
+
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], tensor), name
