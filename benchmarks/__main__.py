@@ -24,6 +24,7 @@ BENCHMARKS = {
     "bandit_regret": "benchmarks.bandit_regret",
     "served_loop": "benchmarks.served_loop",
     "serving_load": "benchmarks.serving_load",
+    "stream_throughput": "benchmarks.stream_throughput",
     "training_data": "benchmarks.training_data",
 }
 

@@ -1,21 +1,22 @@
 """stream stage: app-side event logging to Kafka, topic setup, and the Spark timeline job
 (Kafka → MDP timelines parquet).
 
-`start_timeline_query` imports pyspark, so it is loaded on first use: apps importing the logger
-do not pay for Spark.
+Every entry point is loaded on first use: apps importing the logger do not pay for Spark or
+pandas, and the timeline job's Python workers (which import `stream.kafka_source`) start without
+the logger, the reader or pandas.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from stream.config import StreamConfig
-from stream.logger import Delivery, EventLogError, EventLogger, InvalidEventError, UndeliveredEvent
-from stream.reader import load_timelines
-from stream.topics import TopicSetupError, ensure_topics
-
 if TYPE_CHECKING:
+    from stream.config import StreamConfig
+    from stream.logger import Delivery, EventLogError, EventLogger, InvalidEventError, UndeliveredEvent
+    from stream.reader import load_timelines
     from stream.timelines import start_timeline_query
+    from stream.topics import TopicSetupError, ensure_topics
 
 __all__ = [
     "Delivery",
@@ -30,10 +31,25 @@ __all__ = [
     "start_timeline_query",
 ]
 
+# Entry point → the module that defines it.
+_ENTRY_POINTS = {
+    "Delivery": "stream.logger",
+    "EventLogError": "stream.logger",
+    "EventLogger": "stream.logger",
+    "InvalidEventError": "stream.logger",
+    "UndeliveredEvent": "stream.logger",
+    "StreamConfig": "stream.config",
+    "TopicSetupError": "stream.topics",
+    "ensure_topics": "stream.topics",
+    "load_timelines": "stream.reader",
+    "start_timeline_query": "stream.timelines",
+}
+
 
 def __getattr__(name: str) -> Any:
-    if name == "start_timeline_query":
-        from stream.timelines import start_timeline_query
-
-        return start_timeline_query
-    raise AttributeError(f"module 'stream' has no attribute {name!r}")
+    module = _ENTRY_POINTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'stream' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,7 +1,7 @@
 """Between-batch state of the timeline job as parquet snapshots, and the batch clock.
 
-`state/batch=N/` holds what is still open after batch N (rows of `ROW_SCHEMA` of kinds decision,
-reward and closed). Batch N reads the newest complete snapshot below N and overwrites its own, so
+`state/batch=N/` holds what is still open after batch N (rows of `ARROW_ROW_SCHEMA` of kinds decision,
+reward and closed), written and read with pyarrow on the driver. Batch N reads the newest complete snapshot below N and overwrites its own, so
 replaying a batch after a crash gives the same result. The newest two snapshots are kept.
 """
 
@@ -12,10 +12,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyspark.sql import DataFrame, SparkSession
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from contracts import StreamrlError
-from stream._rows import ROW_SCHEMA
+from stream._rows import ARROW_ROW_SCHEMA
 
 _COMPLETE_MARKER = "_COMPLETE"
 _KEEP_SNAPSHOTS = 2
@@ -75,19 +77,43 @@ def _snapshot_ids(state_dir: Path) -> list[int]:
     )
 
 
-def load_state(spark: SparkSession, state_dir: Path, batch_id: int) -> DataFrame:
-    """The newest complete snapshot written by a batch before `batch_id` (empty if none)."""
+def newest_snapshot_before(state_dir: Path, batch_id: int) -> int | None:
+    """The id of the newest complete snapshot written by a batch before `batch_id` (None: none)."""
     earlier = [i for i in _snapshot_ids(state_dir) if i < batch_id]
-    if not earlier:
-        return spark.createDataFrame([], ROW_SCHEMA)
-    return spark.read.schema(ROW_SCHEMA).parquet(str(state_dir / f"batch={earlier[-1]}"))
+    return earlier[-1] if earlier else None
 
 
-def save_state(state_dir: Path, batch_id: int, state: DataFrame) -> None:
+def load_state(state_dir: Path, snapshot_id: int | None) -> pa.Table:
+    """Snapshot `snapshot_id` in `ARROW_ROW_SCHEMA` (empty for None).
+
+    Snapshots written by Spark (before the Arrow passes) read too: their INT96 timestamps come back
+    zone-less and are cast to UTC."""
+    if snapshot_id is None:
+        return ARROW_ROW_SCHEMA.empty_table()
+    root = state_dir / f"batch={snapshot_id}"
+    try:
+        table = pq.read_table(root)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise TimelineStateError(f"cannot read state snapshot {root}: {exc}", path=root) from exc
+    columns = {}
+    for field in ARROW_ROW_SCHEMA:
+        column = (
+            table.column(field.name) if field.name in table.column_names else pa.nulls(len(table), field.type)
+        )
+        if pa.types.is_timestamp(column.type) and column.type.tz is None:
+            column = pc.assume_timezone(column.cast(pa.timestamp("us")), "UTC")
+        columns[field.name] = column.cast(field.type)
+    return pa.table(columns, schema=ARROW_ROW_SCHEMA)
+
+
+def save_state(state_dir: Path, batch_id: int, state: pa.Table) -> None:
     """Overwrite batch N's snapshot, mark it complete, and drop all but the newest two."""
     root = state_dir / f"batch={batch_id}"
     (root / _COMPLETE_MARKER).unlink(missing_ok=True)
-    state.write.mode("overwrite").parquet(str(root))
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    pq.write_table(state, root / "part-00000.parquet", compression="lz4")
     (root / _COMPLETE_MARKER).write_text(str(batch_id))
     kept = [i for i in _snapshot_ids(state_dir) if i <= batch_id][-_KEEP_SNAPSHOTS:]
     for child in state_dir.iterdir():

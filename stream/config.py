@@ -24,7 +24,9 @@ class StreamConfig(BaseModel):
     checkpoint_dir: Path
     attribution_window_s: float = Field(default=3600.0, gt=0)
     mdp_idle_timeout_s: float = Field(default=1800.0, gt=0)
-    trigger_interval_s: float = Field(default=10.0, gt=0)
+    trigger_interval_s: float = Field(
+        default=2.0, gt=0, description="how often a micro-batch starts (when the last one is done)"
+    )
     max_rows_per_batch: int | None = Field(default=None, gt=0)
     max_mdp_length: int | None = Field(
         default=None, gt=0, description="MDPs with more steps are outliers and are not emitted"
@@ -38,6 +40,12 @@ class StreamConfig(BaseModel):
         default=7 * 24 * 3600.0,
         gt=0,
         description="how long closed MDP ids are remembered to dead-letter late decisions",
+    )
+    max_closed_mdps: int | None = Field(
+        default=5_000_000,
+        gt=0,
+        description="at most this many closed MDP ids are remembered (the most recently closed); bounds the "
+        "state carried between batches. A decision for a forgotten MDP opens a new one. None: no cap",
     )
 
     @property

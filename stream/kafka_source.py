@@ -1,4 +1,9 @@
-"""A PySpark Python streaming Data Source over Kafka topics, read with kafka-python.
+"""A PySpark Python streaming Data Source over Kafka topics.
+
+Batches are planned with kafka-python (high watermarks from fetch responses) and read with
+confluent-kafka (librdkafka: ~5× kafka-python's consume rate), yielding Arrow record batches, so
+no record passes through a Python tuple on its way to Spark. Offsets live only in Spark's
+checkpoint: no consumer group, nothing committed to the broker.
 
 Spark's own Kafka connector is unavailable here, and the broker (Tansu) reports wrong end offsets
 through ListOffsets, so the end of each partition is taken from a FETCH response's high watermark.
@@ -9,12 +14,14 @@ by processing time (closing MDPs, expiring rewards) is decided identically.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxRows
 from pyspark.sql.types import (
@@ -101,6 +108,7 @@ class KafkaStreamReader(DataSourceStreamReader):
         max_rows = int(options.get("max_rows_per_batch", "0") or 0)
         self.max_rows_per_batch = max_rows if max_rows > 0 else None
         self.poll_timeout_ms = int(options.get("poll_timeout_ms", "10000"))
+        self.parse = _parse_options(options)
         self._consumer: Any = None
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -204,9 +212,18 @@ class KafkaStreamReader(DataSourceStreamReader):
                 )
         return ranges
 
-    def read(self, partition: InputPartition) -> Iterator[tuple]:
+    def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         assert isinstance(partition, KafkaRange)
-        yield from read_range(partition)
+        if self.parse is None:
+            yield from read_range_arrow(partition)
+            return
+        from stream._parse import make_batch_parser, pack_parsed
+
+        parse = make_batch_parser(*self.parse)
+        for batch in read_range_arrow(partition, timestamps=False):
+            first_offset = batch.column("offset")[0].as_py()
+            parsed = parse(pa.Table.from_batches([batch]))
+            yield pack_parsed(partition.topic, partition.partition, first_offset, parsed)
 
     def stop(self) -> None:
         self._close_probe()
@@ -217,32 +234,93 @@ class KafkaStreamReader(DataSourceStreamReader):
             self._consumer = None
 
 
-def read_range(part: KafkaRange) -> Iterator[tuple]:
-    """Yield the records of one offset range as rows of `KAFKA_RECORD_SCHEMA`."""
-    from kafka import KafkaConsumer, TopicPartition
+_ARROW_RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("topic", pa.string(), False),
+        pa.field("partition", pa.int32(), False),
+        pa.field("offset", pa.int64(), False),
+        pa.field("key", pa.string()),
+        pa.field("value", pa.binary()),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC")),
+    ]
+)
+_READ_CHUNK = 20_000  # records per consume() call and per Arrow batch
 
-    tp = TopicPartition(part.topic, part.partition)
-    consumer = KafkaConsumer(bootstrap_servers=part.bootstrap_servers, **_CONSUMER_DEFAULTS)
+
+def _record_batch(topic: str, partition: int, messages: list[Any], timestamps: bool) -> pa.RecordBatch:
+    n = len(messages)
+    offsets = [m.offset() for m in messages]
+    keys = [m.key() for m in messages]
+    key_array = pa.array(keys, pa.binary())
     try:
-        consumer.assign([tp])
-        consumer.seek(tp, part.start)
+        key_array = key_array.cast(pa.string())
+    except pa.ArrowInvalid:
+        key_array = pa.array(
+            [k.decode("utf-8", errors="replace") if k is not None else None for k in keys], pa.string()
+        )
+    if timestamps:
+        stamps = [m.timestamp() for m in messages]
+        millis = pa.array([ms if kind != 0 and ms >= 0 else None for kind, ms in stamps], pa.int64())
+    else:
+        millis = pa.nulls(n, pa.int64())
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.repeat(pa.scalar(topic, pa.string()), n),
+            pa.repeat(pa.scalar(partition, pa.int32()), n),
+            pa.array(offsets, pa.int64()),
+            key_array,
+            pa.array([m.value() for m in messages], pa.binary()),
+            pc.multiply(millis, 1000).cast(pa.timestamp("us", tz="UTC")),
+        ],
+        schema=_ARROW_RECORD_SCHEMA,
+    )
+
+
+def read_range_arrow(part: KafkaRange, *, timestamps: bool = True) -> Iterator[pa.RecordBatch]:
+    """Yield the records of one offset range as Arrow batches of `KAFKA_RECORD_SCHEMA` (without
+    `timestamps`, that column is null: parsing does not need it)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": part.bootstrap_servers,
+            "group.id": "streamrl-timelines-unused",  # required by librdkafka; never joined nor committed
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.min.messages": 200_000,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    try:
+        consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
         deadline = time.monotonic() + part.poll_timeout_ms / 1000
         position = part.start
         while position < part.end:
-            batch = consumer.poll(timeout_ms=200).get(tp, [])
-            if batch:
+            messages = consumer.consume(num_messages=_READ_CHUNK, timeout=0.2)
+            records = []
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        position = max(position, message.offset())
+                        continue
+                    raise KafkaSourceError(
+                        f"reading {part.topic}:{part.partition} at {position} from "
+                        f"{part.bootstrap_servers!r} failed: {error}",
+                        bootstrap_servers=part.bootstrap_servers,
+                        topic=part.topic,
+                    )
+                if message.offset() >= part.end:
+                    position = part.end
+                    break
+                records.append(message)
+                position = message.offset() + 1
+            if records:
                 deadline = time.monotonic() + part.poll_timeout_ms / 1000
-            for record in batch:
-                if record.offset >= part.end:
-                    return
-                position = record.offset + 1
-                key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
-                ts = (
-                    datetime.fromtimestamp(record.timestamp / 1000, tz=UTC) if record.timestamp >= 0 else None
-                )
-                yield (record.topic, record.partition, record.offset, key, record.value, ts)
-            # Offsets can have holes (transaction markers): the consumer position is authoritative.
-            position = max(position, consumer.position(tp))
+                yield _record_batch(part.topic, part.partition, records, timestamps)
             if position < part.end and time.monotonic() > deadline:
                 raise KafkaSourceError(
                     f"reading {part.topic}:{part.partition} offsets [{part.start}, {part.end}) stalled at "
@@ -254,15 +332,43 @@ def read_range(part: KafkaRange) -> Iterator[tuple]:
         consumer.close()
 
 
+def import_reading_modules(_: Iterable[Any]) -> None:
+    """What a reading task imports, for a warm-up task to import into Spark's Python workers first."""
+    import confluent_kafka  # noqa: F401
+
+    import stream._parse  # noqa: F401
+
+
+def _parse_options(options: dict[str, str]) -> tuple[str, str, dict[str, float] | None] | None:
+    """(decisions topic, rewards topic, reward weights) when the source parses events, else None."""
+    if not options.get("parse_events_decisions"):
+        return None
+    weights = options.get("parse_events_reward_metrics")
+    return (
+        options["parse_events_decisions"],
+        options["parse_events_rewards"],
+        json.loads(weights) if weights else None,
+    )
+
+
 class KafkaEventSource(DataSource):
     """`spark.readStream.format("streamrl_kafka")`: options `bootstrap_servers`, `topics` (comma
-    list), optional `max_rows_per_batch` and `poll_timeout_ms`."""
+    list), optional `max_rows_per_batch` and `poll_timeout_ms`.
+
+    With `parse_events_decisions` and `parse_events_rewards` (topic names; optional
+    `parse_events_reward_metrics`, JSON weights) the source validates the records as it reads them
+    and its rows are `stream._parse.PACKED_SCHEMA`: one row per parsed chunk of a partition, the
+    chunk's `PARSED_SCHEMA` rows as an Arrow IPC stream (`stream._parse.unpack_parsed` opens them)."""
 
     @classmethod
     def name(cls) -> str:
         return SOURCE_NAME
 
     def schema(self) -> StructType:
+        if _parse_options(dict(self.options)) is not None:
+            from stream._parse import PACKED_SCHEMA
+
+            return PACKED_SCHEMA
         return KAFKA_RECORD_SCHEMA
 
     def streamReader(self, schema: StructType) -> DataSourceStreamReader:

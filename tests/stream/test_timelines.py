@@ -247,9 +247,15 @@ def test_source_plans_batches_from_fetch_high_watermarks(local_stack, topics):
         limited = reader.latestOffset(start, ReadMaxRows(10))
         assert sum(limited["partitions"].values()) == 10
         assert min(v for k, v in limited["partitions"].items() if not k.endswith(f"{topics.rewards}:0")) >= 3
-        rows = [row for part in reader.partitions(start, end) for row in reader.read(part)]
+        rows = [
+            row
+            for part in reader.partitions(start, end)
+            for batch in reader.read(part)
+            for row in batch.to_pylist()
+        ]
         assert len(rows) == 62
-        assert {(r[0], r[1]) for r in rows} == {
+        assert len({(r["topic"], r["partition"], r["offset"]) for r in rows}) == 62
+        assert {(r["topic"], r["partition"]) for r in rows} == {
             (topics.decisions, 0),
             (topics.decisions, 1),
             (topics.rewards, 1),
