@@ -36,15 +36,20 @@ def test_backend_follows_the_device() -> None:
         select_backend(DistributedConfig(backend="nccl"), "cpu")
 
 
-def test_two_process_torchrun_run_matches_one_process(tmp_path: Path) -> None:
+def _two_runs(tmp_path: Path) -> dict[str, str]:
+    """Run folders `one` and `two` over the same 301 timeline rows, and the launchers' environment."""
     write_timelines(make_bandit_timelines(301, seed=11), tmp_path / "stream")
     for name in ("one", "two"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "stream").symlink_to(tmp_path / "stream")
         write_run_config(tmp_path / name, ALGORITHM, checkpoint={"dir": "ckpt", "interval_steps": 1000})
-
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     env.pop("WORLD_SIZE", None)
+    return env
+
+
+def test_two_process_torchrun_run_matches_one_process(tmp_path: Path) -> None:
+    env = _two_runs(tmp_path)
     command = [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", "2",
@@ -76,14 +81,7 @@ def test_two_node_torchrun_run_matches_one_process(tmp_path: Path) -> None:
     """Two launchers, one process each, as on two machines: each gets its own --node-rank and the
     same static rendezvous (master address and port), over loopback; a shared run folder stands in
     for the shared filesystem docs/training.md requires."""
-    write_timelines(make_bandit_timelines(301, seed=11), tmp_path / "stream")
-    for name in ("one", "two"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "stream").symlink_to(tmp_path / "stream")
-        write_run_config(tmp_path / name, ALGORITHM, checkpoint={"dir": "ckpt", "interval_steps": 1000})
-
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    env.pop("WORLD_SIZE", None)
+    env = _two_runs(tmp_path)
     port = free_port()
 
     def launcher(node: int) -> list[str]:
