@@ -29,6 +29,7 @@ __all__ = [
     "ensure_topics",
     "load_timelines",
     "start_timeline_query",
+    "timeline_files",
 ]
 
 # Entry point → the module that defines it.
@@ -43,6 +44,7 @@ _ENTRY_POINTS = {
     "ensure_topics": "stream.topics",
     "load_timelines": "stream.reader",
     "start_timeline_query": "stream.timelines",
+    "timeline_files": "stream.reader",
 }
 
 

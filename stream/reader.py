@@ -106,6 +106,12 @@ def load_timelines(
     return frame.sort_values(["mdp_id", "sequence_number"], kind="stable").reset_index(drop=True)
 
 
+def timeline_files(output_dir: str | Path) -> list[Path]:
+    """The committed timeline parquet files under `output_dir`, sorted by path (the order
+    `load_timelines` reads them). Spark stages new files under dot-directories, which this skips."""
+    return sorted(timelines_path(Path(output_dir)).glob("ds=*/batch_id=*/*.parquet"), key=str)
+
+
 class _ListingChanged(OSError):
     """The committed files changed during a read (a batch rewritten in place): read again."""
 
@@ -124,7 +130,7 @@ def _read_committed(root: Path, start: datetime | None, end: datetime | None) ->
     vanish before it is opened; listing again finds the replacement. None when nothing is written.
     """
     # Only committed files: Spark stages new ones under dot-directories, which pyarrow would list.
-    files = sorted(str(f) for f in root.glob("ds=*/batch_id=*/*.parquet"))
+    files = [str(f) for f in timeline_files(root.parent)]
     if not files:
         return None
     options = {"format": "parquet", "partitioning": _PARTITIONING, "partition_base_dir": str(root)}
@@ -144,7 +150,7 @@ def _read_committed(root: Path, start: datetime | None, end: datetime | None) ->
     table = dataset.to_table(columns=TIMELINE_COLUMNS, filter=condition)
     # A listing taken while a replayed batch is being deleted holds only the files not yet gone, and
     # they read without error: accept the table only if the files did not change under the read.
-    if sorted(str(f) for f in root.glob("ds=*/batch_id=*/*.parquet")) != files:
+    if [str(f) for f in timeline_files(root.parent)] != files:
         raise _ListingChanged(f"the committed files under {root} changed while they were read")
     return table
 

@@ -28,7 +28,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from stream._layout import timelines_path
 from trainer.artifact import DataRange
 from trainer.data import (
     REQUIRED_COLUMNS,
@@ -65,12 +64,6 @@ class PreparedTimelines:
 
     def __len__(self) -> int:
         return self.transitions.n_rows
-
-
-def timeline_files(output_dir: str | Path) -> list[Path]:
-    """The committed timeline parquet files under `output_dir`, in the order `load_timelines` reads them."""
-    root = timelines_path(Path(output_dir))
-    return sorted(root.glob("ds=*/batch_id=*/*.parquet"), key=str)
 
 
 def stream_transitions(

@@ -17,7 +17,7 @@ from features import (
     load_spec,
     save_spec,
 )
-from stream import load_timelines
+from stream import load_timelines, timeline_files
 from trainer.algorithms import AlgorithmConfig, algorithm_kind, export_function, train_function
 from trainer.artifact import ModelMetadata
 from trainer.bandits import BanditResult
@@ -29,7 +29,7 @@ from trainer.dqn import StepHook, TrainingResult
 from trainer.errors import TrainingDataError
 from trainer.exporters import ExportedModel
 from trainer.parametric_dqn import ParametricTrainingResult
-from trainer.parquet_data import DEFAULT_BATCH_ROWS, PreparedTimelines, stream_transitions, timeline_files
+from trainer.parquet_data import DEFAULT_BATCH_ROWS, PreparedTimelines, stream_transitions
 from trainer.policy import ExplorationConfig
 from trainer.registry import ModelRegistry
 from trainer.run_config import TrainRunConfig

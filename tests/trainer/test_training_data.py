@@ -17,12 +17,12 @@ from trainer_timelines import _row, fit_spec, make_bandit_timelines
 
 from features import save_spec
 from infra.cli import main as streamrl
-from stream import load_timelines
+from stream import load_timelines, timeline_files
 from trainer import ModelRegistry, TrainingDataError, load_run_config
 from trainer._columns import FEATURE_MAP, feature_matrix
 from trainer.data import REQUIRED_COLUMNS, build_transitions, discounted_returns
 from trainer.nstep import n_step_transitions
-from trainer.parquet_data import stream_transitions, timeline_files, training_transitions
+from trainer.parquet_data import stream_transitions, training_transitions
 
 GAMMA = 0.5
 ACTIONS = ["go", "stop"]
