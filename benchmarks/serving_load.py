@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="serving.workers")
     parser.add_argument("--entities", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100, help="requests per /v1/act/batch call")
-    args = parser.parse_args(argv)
+    args = parser.parse_args([] if argv is None else argv)
 
     from infra.config import load_config
     from infra.environment import Environment

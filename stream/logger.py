@@ -1,34 +1,35 @@
 """App-side decision/reward logging to Kafka that never drops an event silently.
 
-Sends are asynchronous (an idempotent producer: acks=all, retries without duplicates); every send's
-outcome is tracked, and `flush()` raises `EventLogError` naming each event that was not delivered, so
-the caller can retry or alert. `log_decision_sync` confirms a single event before returning.
+Sends are asynchronous (an idempotent librdkafka producer via confluent-kafka: acks=all, retries
+without duplicates); every send's outcome comes back as a delivery report, and `flush()` raises
+`EventLogError` naming each event that was not delivered, so the caller can retry or alert.
+`log_decision_sync` confirms a single event before returning.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import BaseModel, ValidationError
 
 from contracts import DEFAULT_TOPICS, DecisionEvent, RewardEvent, StreamrlError, Topics
 
 log = logging.getLogger(__name__)
 
-# Pinned so the producer does not contact the broker in its constructor: an app can start while
-# the broker is down, and problems surface per event (idempotent produce needs >= 0.11).
-_API_VERSION = (2, 8)
-
 _E = TypeVar("_E", bound=BaseModel)
+
+# How often a thread waiting on the producer (a full local queue, a sync send) serves delivery reports.
+_POLL_S = 0.05
 
 
 class EventKind(StrEnum):
@@ -78,7 +79,12 @@ class _InFlight:
 
 
 class EventLogger:
-    """Log `DecisionEvent`s (keyed by mdp_id) and `RewardEvent`s (keyed by request_id) to Kafka."""
+    """Log `DecisionEvent`s (keyed by mdp_id) and `RewardEvent`s (keyed by request_id) to Kafka.
+
+    The constructor does not contact the broker: an app can start while it is down, and problems
+    surface per event. `metadata_timeout_s` bounds how long a send may wait for room when the
+    producer's local queue is full (librdkafka never blocks a send on metadata).
+    """
 
     def __init__(
         self,
@@ -95,17 +101,23 @@ class EventLogger:
             raise ValueError(f"delivery_timeout_s must exceed linger_ms, got {delivery_timeout_s} s")
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
-        self._producer = KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            api_version=_API_VERSION,
-            enable_idempotence=True,
-            acks="all",
-            retries=max_retries,
-            max_in_flight_requests_per_connection=5,
-            linger_ms=linger_ms,
-            delivery_timeout_ms=int(delivery_timeout_s * 1000),
-            request_timeout_ms=request_timeout_ms,
-            max_block_ms=int(metadata_timeout_s * 1000),
+        self._max_block_s = metadata_timeout_s
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "retries": max_retries,
+                "max.in.flight.requests.per.connection": 5,
+                "linger.ms": linger_ms,
+                "message.timeout.ms": int(delivery_timeout_s * 1000),
+                "request.timeout.ms": request_timeout_ms,
+                # Java's (and kafka-python's) key hash, so a key lands on the same partition whichever
+                # client logged it: apps log with kafka-python, serving with this logger.
+                "partitioner": "murmur2_random",
+                "error_cb": _log_client_error,
+                "logger": log,
+            }
         )
         self._lock = threading.Lock()
         self._ids = itertools.count()
@@ -117,30 +129,26 @@ class EventLogger:
 
     def log_decision(self, event: DecisionEvent) -> None:
         """Queue a decision for delivery; failures are reported by the next `flush()`."""
-        event = _validated(event, DecisionEvent, "log_decision")
-        self._send_tracked(
-            EventKind.DECISION, self.topics.decisions, event.mdp_id, event.to_json_bytes(), event
-        )
+        event, value = _validated(event, DecisionEvent, "log_decision")
+        self._send_tracked(EventKind.DECISION, self.topics.decisions, event.mdp_id, value, event)
 
     def log_reward(self, event: RewardEvent) -> None:
         """Queue a reward for delivery; failures are reported by the next `flush()`."""
-        event = _validated(event, RewardEvent, "log_reward")
-        self._send_tracked(
-            EventKind.REWARD, self.topics.rewards, event.request_id, event.to_json_bytes(), event
-        )
+        event, value = _validated(event, RewardEvent, "log_reward")
+        self._send_tracked(EventKind.REWARD, self.topics.rewards, event.request_id, value, event)
 
     def log_decision_sync(self, event: DecisionEvent, timeout_s: float = 10.0) -> Delivery:
         """Send one decision and wait for the broker's acknowledgement; raises `EventLogError` if none."""
-        event = _validated(event, DecisionEvent, "log_decision_sync")
+        event, value = _validated(event, DecisionEvent, "log_decision_sync")
         return self._send_sync(
-            EventKind.DECISION, self.topics.decisions, event.mdp_id, event.to_json_bytes(), event, timeout_s
+            EventKind.DECISION, self.topics.decisions, event.mdp_id, value, event, timeout_s
         )
 
     def log_reward_sync(self, event: RewardEvent, timeout_s: float = 10.0) -> Delivery:
         """Send one reward and wait for the broker's acknowledgement; raises `EventLogError` if none."""
-        event = _validated(event, RewardEvent, "log_reward_sync")
+        event, value = _validated(event, RewardEvent, "log_reward_sync")
         return self._send_sync(
-            EventKind.REWARD, self.topics.rewards, event.request_id, event.to_json_bytes(), event, timeout_s
+            EventKind.REWARD, self.topics.rewards, event.request_id, value, event, timeout_s
         )
 
     def publish_raw(self, topic: str, value: bytes, key: bytes | str | None = None) -> None:
@@ -157,14 +165,10 @@ class EventLogger:
         Failed events are reported once (they are cleared from the logger). Events still unacknowledged
         at the timeout are listed too but stay tracked: they may yet be delivered.
         """
-        timed_out = False
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaError:
-            timed_out = True
+        remaining = self._producer.flush(timeout_s)
         with self._lock:
             undelivered, self._failed = self._failed, []
-            if timed_out or self._in_flight:
+            if remaining or self._in_flight:
                 cause = f"not acknowledged within flush timeout {timeout_s} s (may still be delivered)"
                 undelivered += [
                     UndeliveredEvent(r.kind, r.topic, r.request_id, cause, r.event)
@@ -181,7 +185,12 @@ class EventLogger:
         try:
             self.flush(timeout_s)
         finally:
-            self._producer.close(timeout=1.0)
+            # What the flush left was just reported as undelivered; drop it rather than let
+            # `close()` wait out the delivery timeout.
+            if len(self._producer):
+                self._producer.purge()
+                self._producer.flush(1.0)
+            self._producer.close()
 
     def __enter__(self) -> Self:
         return self
@@ -212,26 +221,43 @@ class EventLogger:
         with self._lock:
             self._in_flight[token] = record
         try:
-            future = self._producer.send(topic, value=value, key=_key_bytes(key))
-        except KafkaError as exc:  # e.g. no metadata within metadata_timeout_s
-            self._on_failure(token, exc)
-            return
+            self._produce(topic, key, value, functools.partial(self._on_delivery, token))
+        except (KafkaException, BufferError) as exc:  # e.g. a fatal producer error, a queue full too long
+            self._on_failure(token, _cause(exc))
         except Exception:
             with self._lock:
                 del self._in_flight[token]
             raise
-        future.add_callback(self._on_success, token)
-        future.add_errback(self._on_failure, token)
+        self._producer.poll(0)  # serve delivery reports already in, so they never pile up
 
-    def _on_success(self, token: int, _metadata: object) -> None:
-        with self._lock:
-            self._in_flight.pop(token, None)
+    def _produce(self, topic: str, key: bytes | str | None, value: bytes, on_delivery: Any) -> None:
+        """Queue one message; while librdkafka's local queue is full, serve reports and retry for up to
+        `metadata_timeout_s`, then raise `BufferError`."""
+        deadline = None
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                return
+            except BufferError as exc:
+                now = time.monotonic()
+                deadline = deadline if deadline is not None else now + self._max_block_s
+                if now >= deadline:
+                    raise BufferError(
+                        f"producer queue still full after {self._max_block_s} s (broker slow or down?)"
+                    ) from exc
+                self._producer.poll(_POLL_S)
 
-    def _on_failure(self, token: int, exc: BaseException) -> None:
+    def _on_delivery(self, token: int, error: KafkaError | None, _message: Message) -> None:
+        if error is None:
+            with self._lock:
+                self._in_flight.pop(token, None)
+        else:
+            self._on_failure(token, _cause(error))
+
+    def _on_failure(self, token: int, cause: str) -> None:
         with self._lock:
             record = self._in_flight.pop(token, None)
             if record is not None:
-                cause = f"{type(exc).__name__}: {exc}"
                 self._failed.append(
                     UndeliveredEvent(record.kind, record.topic, record.request_id, cause, record.event)
                 )
@@ -245,31 +271,64 @@ class EventLogger:
         event: DecisionEvent | RewardEvent,
         timeout_s: float,
     ) -> Delivery:
+        done = threading.Event()
+        outcome: list[tuple[KafkaError | None, Message]] = []
+
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            outcome.append((error, message))
+            done.set()
+
+        deadline = time.monotonic() + timeout_s
+        cause = None
         try:
-            metadata = self._producer.send(topic, value=value, key=_key_bytes(key)).get(timeout=timeout_s)
-        except KafkaError as exc:
-            undelivered = [
-                UndeliveredEvent(kind, topic, event.request_id, f"{type(exc).__name__}: {exc}", event)
-            ]
-            raise EventLogError(_describe(undelivered, self.bootstrap_servers), undelivered) from exc
-        return Delivery(metadata.topic, metadata.partition, metadata.offset)
+            self._produce(topic, key, value, delivered)
+        except (KafkaException, BufferError) as exc:
+            cause = _cause(exc)
+        else:
+            # Delivery reports are served by whichever thread polls; another thread's flush may serve this one.
+            while not done.is_set() and (left := deadline - time.monotonic()) > 0:
+                self._producer.poll(min(left, _POLL_S))
+            if not done.is_set():
+                cause = f"not acknowledged within {timeout_s} s (may still be delivered)"
+            elif outcome[0][0] is not None:
+                cause = _cause(outcome[0][0])
+        if cause is not None:
+            undelivered = [UndeliveredEvent(kind, topic, event.request_id, cause, event)]
+            raise EventLogError(_describe(undelivered, self.bootstrap_servers), undelivered)
+        message = outcome[0][1]
+        return Delivery(message.topic(), message.partition(), message.offset())
 
 
-def _validated(event: object, expected: type[_E], method: str) -> _E:
-    """Re-validate, so objects built with `model_construct` or of the wrong type never reach Kafka."""
+def _validated(event: object, expected: type[_E], method: str) -> tuple[_E, bytes]:
+    """The event and the JSON to send, validated, so objects built with `model_construct` or of the
+    wrong type never reach Kafka. The bytes on the wire are what is validated (cheaper than
+    re-validating the object, and what a reader will parse)."""
     if not isinstance(event, expected):
         raise InvalidEventError(
             f"{method} expects a {expected.__name__}, got {type(event).__name__}; "
             f"build one with {expected.__name__}(...) (it validates the fields)"
         )
     try:
-        return expected.model_validate(event.model_dump())
-    except ValidationError as exc:
+        value = event.model_dump_json().encode("utf-8")
+        return expected.model_validate_json(value), value
+    except (ValidationError, ValueError, TypeError) as exc:  # model_construct junk may not even serialize
         raise InvalidEventError(f"{method}: invalid {expected.__name__}, nothing was sent: {exc}") from exc
 
 
-def _key_bytes(key: bytes | str | None) -> bytes | None:
-    return key.encode("utf-8") if isinstance(key, str) else key
+def _cause(error: KafkaError | BaseException) -> str:
+    if isinstance(error, KafkaException) and error.args and isinstance(error.args[0], KafkaError):
+        error = error.args[0]
+    if isinstance(error, KafkaError):
+        return f"{error.name()}: {error.str()}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _log_client_error(error: KafkaError) -> None:
+    """librdkafka's client-level errors (broker down, …); per-event failures come as delivery reports."""
+    if error.fatal():
+        log.error("Kafka producer fatal error, every later send will fail: %s", _cause(error))
+    else:
+        log.debug("Kafka producer: %s", _cause(error))
 
 
 def _describe(undelivered: list[UndeliveredEvent], bootstrap_servers: str) -> str:
