@@ -18,7 +18,10 @@ the seeds marked reliable, which issue 14 wants ≥ 90 % everywhere. The third, 
 of WDR's weights over the seeds (`evaluation.pareto`) and, among the seeds no other rule flags, the
 coverage of those at or below the report's k̂ limit and of those above it (which it marks
 unreliable). Then the report's headline per task and α: which estimator(s) it chose over the seeds
-and how often its interval covered.
+and how often its interval covered. Where the report marks the headline unreliable it reports the
+truncated importance-sampling interval (`evaluation.bounds.truncated_is_interval`), which holds
+whatever the weights' tail, instead of the bootstrap's: the headline rows count those, a line
+under each says how many and how wide, and the width tables leave them out.
 The last line is one JSON object: `min_coverage_reliable` (the lowest coverage among reliable seeds
 over task × α × estimator cells with any), `worst_reliable_cell` (that cell), `headline_coverage`
 (the lowest headline coverage over task × α), `headline_unmeasured` (cells where some headline had
@@ -95,6 +98,7 @@ class Outcome:
     effective_sample_size: float | None = None
     pareto_k: float | None = None  # k̂ of the weights it relies on (`evaluation.pareto`)
     warnings: tuple[str, ...] = ()
+    interval: str = "bootstrap"  # or "truncated_is": an unreliable headline's (`Estimate.interval`)
 
 
 def _per_episode(name: str) -> bool:
@@ -131,6 +135,7 @@ def _outcomes(task: str, seed: int, alpha: float, report: CpeReport, truth: Trut
                 effective_sample_size=estimate.effective_sample_size,
                 pareto_k=estimate.pareto_k,
                 warnings=tuple(estimate.warnings),
+                interval=estimate.interval,
             )
         )
     return out
@@ -266,7 +271,12 @@ def summarize(outcomes: list[Outcome]) -> dict[tuple[str, float, str], Cell]:
     for key, group in groups.items():
         measured = [o for o in group if o.covered is not None]
         reliable = [o for o in measured if o.reliable]
-        widths = [o.width_per_episode for o in group if o.width_per_episode is not None]
+        # bootstrap widths only: an unreliable headline's truncated interval is compared apart
+        widths = [
+            o.width_per_episode
+            for o in group
+            if o.width_per_episode is not None and o.interval == "bootstrap"
+        ]
         cells[key] = Cell(
             seeds=len(group),
             available=sum(o.available for o in group),
@@ -469,6 +479,26 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         coverage = f"{covered / measured:.0%} ({covered}/{measured})" if measured else "— (no truth)"
         when = f"{covered_r / measured_r:.0%} ({covered_r}/{measured_r})" if measured_r else "— (never)"
         print(f"   {task:>13} α={alpha:<5} {names}: covers {coverage}; when reliable {when}")
+        guaranteed = [
+            o
+            for o in outcomes
+            if o.headline and o.task == task and o.alpha == alpha and o.interval == "truncated_is"
+        ]
+        measured_g = [o for o in guaranteed if o.covered is not None]
+        if guaranteed:
+            wdr = cells.get((task, alpha, REFERENCE))
+            spans = [o.width_per_episode for o in guaranteed if o.width_per_episode is not None]
+            ratio = (
+                f", {np.mean(spans) / wdr.mean_width:.1f}× WDR's bootstrap width"
+                if spans and wdr is not None and wdr.mean_width
+                else f", mean width {np.mean(spans):.3g} per episode"
+                if spans
+                else ""
+            )
+            print(
+                f"   {'':>13} {'':<7} truncated IS interval (unreliable headline) in {len(guaranteed)} seeds: "
+                f"covers {sum(bool(o.covered) for o in measured_g)}/{len(measured_g)}{ratio}"
+            )
         if measured:
             headline_coverage.append(covered / measured)
         if measured_r:

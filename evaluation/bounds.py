@@ -32,6 +32,7 @@ from scipy import stats
 
 from evaluation.errors import EvaluationError
 from evaluation.estimators import relative_to_logged
+from evaluation.sequential import cumulative_weights
 
 # How many offending indices (and values) an error message lists.
 _SHOWN = 5
@@ -238,3 +239,95 @@ def _check_range(x: np.ndarray, low: float, high: float, estimator: str | None =
             column=estimator,
             rows=[str(i) for i in shown],
         )
+
+
+# --- a two-sided interval that holds whatever the weights' tail ----------------------------------
+# Truncation levels c_k = unit · 2^k for k < _TRUNCATION_LEVELS, fixed before seeing the weights
+# (unit: a term's largest value were every cumulative weight at most 1) and tried under a union
+# bound: the largest is 32,768 units, and the union costs ln(16) inside each Bernstein log term.
+_TRUNCATION_LEVELS = 16
+
+
+def truncated_is_interval(
+    episode: np.ndarray,
+    weights: np.ndarray,
+    reward: np.ndarray,
+    gamma: float,
+    confidence: float,
+    reward_range: tuple[float, float],
+) -> tuple[float, float]:
+    """A two-sided interval on the target's value that holds with probability ≥ `confidence` for any
+    distribution of the importance weights, given rewards within `reward_range` and target episodes
+    no longer than the longest logged one (H decisions). Per episode (discounted return) when
+    episodes have several decisions; pass one episode per decision for a per-decision value.
+
+    Per-decision importance sampling over episodes padded to H steps with reward 0 after their end,
+    the cumulative weight frozen at the last decision's (its expectation under the logged policy is
+    the target's probability of having ended by then). With a = min(low, 0), b = max(high, 0) and
+    S = Σ_{t<H} γ^t, the terms X_e = Σ_t γ^t w_t (r_t − a) and Y_e = Σ_t γ^t w_t (b − r_t) are
+    non-negative with means V − a·S and b·S − V. Truncating a non-negative term at c only lowers its
+    mean, so the empirical Bernstein lower bound of min(X, c) on [0, c] (Maurer & Pontil 2009,
+    Thm 4) bounds E[X] from below: the truncated bound of HCOPE (Thomas, Theocharous &
+    Ghavamzadeh 2015). Each side takes the best of `_TRUNCATION_LEVELS` levels under a union
+    bound at (1 − confidence)/2, so the interval assumes nothing about the weights' tail. It is
+    what to report when the weights are too heavy for a bootstrap; it is wide, and not for
+    approving anything. `episode`: 0..E−1, rows grouped by episode in step order.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    r = np.asarray(reward, dtype=np.float64)
+    ep = np.asarray(episode, dtype=np.int64)
+    where = "truncated importance-sampling interval"
+    _check_confidence(confidence, where)
+    low, high = (float(v) for v in reward_range)
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise EvaluationError(f"{where}: reward_range must be finite with low ≤ high, got [{low}, {high}]")
+    outside = np.flatnonzero((r < low) | (r > high))
+    if outside.size:
+        shown = outside[:_SHOWN].tolist()
+        raise EvaluationError(
+            f"{where}: {outside.size} rewards lie outside the reward range [{low}, {high}], first at rows "
+            f"{shown} with values {[float(v) for v in r[shown]]}; declare a range that holds every reward",
+            rows=[str(i) for i in shown],
+        )
+    a, b = min(low, 0.0), max(high, 0.0)
+    starts = np.flatnonzero(np.r_[True, np.diff(ep) > 0])
+    lengths = np.diff(np.r_[starts, ep.size])
+    step = np.arange(ep.size) - np.repeat(starts, lengths)
+    horizon = int(lengths.max())
+    discount = gamma ** np.arange(horizon, dtype=np.float64)
+    total = float(discount.sum())
+    if a == b:  # every reward is 0, and so is the value
+        return 0.0, 0.0
+    cum_w = cumulative_weights(ep, w, starts)
+    # Σ_{t=L}^{H−1} γ^t for an episode of L decisions: its padded steps
+    padded = np.r_[np.cumsum(discount[::-1])[::-1], 0.0][lengths]
+    with np.errstate(invalid="ignore"):  # an overflowed weight of an episode with no padded steps
+        frozen = np.where(padded == 0.0, 0.0, cum_w[starts + lengths - 1] * padded)
+    unit = (b - a) * total
+    x = _episode_terms(ep, cum_w, discount[step] * (r - a), frozen * (0.0 - a))
+    y = _episode_terms(ep, cum_w, discount[step] * (b - r), frozen * b)
+    side = 1.0 - (1.0 - confidence) / 2.0
+    return a * total + _truncated_lower(x, side, unit), b * total - _truncated_lower(y, side, unit)
+
+
+def _episode_terms(
+    ep: np.ndarray, cum_w: np.ndarray, row_part: np.ndarray, padding: np.ndarray
+) -> np.ndarray:
+    """Σ over an episode's rows of cum_w·row_part, plus its padding: each ≥ 0, +inf where a weight overflowed."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        rows = np.where(row_part == 0.0, 0.0, cum_w * row_part)
+        pad = np.where(padding == 0.0, 0.0, padding)  # 0·inf: an overflowed weight times no reward
+        return np.bincount(ep, weights=rows, minlength=pad.size) + pad
+
+
+def _truncated_lower(terms: np.ndarray, confidence: float, unit: float) -> float:
+    """Lower bound (≥ 0) of E[X] for non-negative X, holding with probability ≥ `confidence`: the best
+    Bernstein bound of min(X, c) over the fixed levels c = unit·2^k, each at its share of 1 − confidence."""
+    if terms.size < 2:
+        return 0.0
+    level_confidence = 1.0 - (1.0 - confidence) / _TRUNCATION_LEVELS
+    best = 0.0
+    for k in range(_TRUNCATION_LEVELS):
+        c = unit * 2.0**k
+        best = max(best, _bernstein_lower(np.minimum(terms, c), level_confidence, 0.0, c))
+    return best

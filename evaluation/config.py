@@ -106,6 +106,19 @@ class EvaluationConfig(BaseModel):
         "(else it uses the observed range)",
     )
 
+    reward_range: tuple[float, float] | None = Field(
+        None,
+        description="the range [low, high] every reward can take; the interval of an unreliable headline holds "
+        "with the stated confidence whatever the weights given it (else it assumes the logged rewards' range)",
+    )
+
+    @field_validator("reward_range")
+    @classmethod
+    def _reward_range_is_ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] <= value[1]:
+            raise ValueError(f"reward_range must be [low, high] with low ≤ high, got {list(value)}")
+        return value
+
     @field_validator("bound_term_range")
     @classmethod
     def _range_is_ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:

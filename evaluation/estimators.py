@@ -73,7 +73,7 @@ class Estimate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
-    schema_version: Literal[1, 2] = 2  # 2: pareto_k
+    schema_version: Literal[1, 2, 3] = 3  # 2: pareto_k; 3: interval
     estimator: EstimatorName
     available: bool = Field(True, description="False when the estimator cannot be computed for these data")
     value: float | None = Field(
@@ -112,6 +112,13 @@ class Estimate(BaseModel):
         "weights; magic: the weights of the deepest j-step return its blend uses). Above 1/2 their variance is "
         "infinite and the estimate is marked unreliable. None when it uses no weights, the weights have no tail "
         "to fit (a few distinct values at the top, fewer than 25 samples), or in reports written before it",
+    )
+    interval: Literal["bootstrap", "truncated_is"] = Field(
+        "bootstrap",
+        description="how [ci_low, ci_high] was made: 'bootstrap', percentiles of resamples (models refitted), "
+        "widened for the effective sample size by Student's t; 'truncated_is', the report's unreliable headline: "
+        "a two-sided truncated importance-sampling Bernstein interval that holds whatever the weights' tail "
+        "(`evaluation.bounds.truncated_is_interval`)",
     )
     reliable: bool = True
     warnings: list[str] = Field(default_factory=list, description="why the estimate is not to be trusted")

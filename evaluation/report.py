@@ -160,6 +160,11 @@ def describe_verdict(
         f"{estimate.value:.4g} {unit} ({pct}% CI {estimate.ci_low:.4g} to "
         f"{estimate.ci_high:.4g}) vs {logged_value:.4g} logged"
     )
+    if estimate.interval == "truncated_is":
+        head += (
+            "; the interval is the truncated importance-sampling bound, which holds whatever the weights' tail "
+            "(a bootstrap interval would not here)"
+        )
     if not reliable:
         return f"{head}; NOT reliable: {'; '.join(warnings)}."
     if estimate.normalized_ci_low >= 1.0:
