@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import build_feature_matrix
+from stream import timeline_files
 from trainer.data import build_transitions, feature_maps
-from trainer.parquet_data import stream_transitions, timeline_files
+from trainer.parquet_data import stream_transitions
 
 ACTIONS = ["a0", "a1", "a2", "a3"]
 EPISODE_STEPS = 10

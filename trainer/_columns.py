@@ -59,7 +59,16 @@ def _flatten(column: pa.Array) -> _Flat:
 
 
 def string_codes(strings: pa.Array, names: Sequence[str]) -> np.ndarray:
-    """int64 index of each string in `names`; -1 for a string not among them (or null)."""
+    """int64 index of each string in `names`; -1 for a string not among them (or null).
+
+    A dictionary-encoded array (`trainer.parquet_data` reads map keys and list entries that way, so
+    the file's dictionary pages are never expanded into one string per entry) is looked up once per
+    dictionary entry, then gathered by its indices.
+    """
+    if pa.types.is_dictionary(strings.type):
+        table = np.r_[string_codes(strings.dictionary, names), -1]  # index −1 (null) reads the −1 at the end
+        indices = strings.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        return table[indices]
     codes = pc.index_in(strings, value_set=pa.array(list(names), pa.string()))
     return codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
@@ -69,9 +78,16 @@ def _repeated_key_codes(keys: pa.Array, n_rows: int, names: Sequence[str]) -> np
 
     Checked byte for byte on the Arrow buffers, so the answer is exact; None when the rows differ.
     """
-    if n_rows == 0 or len(keys) % n_rows or keys.null_count or not pa.types.is_string(keys.type):
+    if n_rows == 0 or len(keys) % n_rows or keys.null_count:
         return None
     per_row = len(keys) // n_rows
+    if pa.types.is_dictionary(keys.type):  # the same dictionary index is the same string
+        indices = keys.indices.to_numpy(zero_copy_only=False).reshape(n_rows, per_row)
+        if not (indices == indices[0]).all():
+            return None
+        return string_codes(keys.slice(0, per_row), names)
+    if not pa.types.is_string(keys.type):
+        return None
     offsets = np.frombuffer(keys.buffers()[1], dtype=np.int32)[keys.offset : keys.offset + len(keys) + 1]
     data = np.frombuffer(keys.buffers()[2], dtype=np.uint8)
     row_bytes = int(offsets[per_row] - offsets[0])
@@ -93,15 +109,20 @@ def feature_matrix(column: Any, feature_names: Sequence[str]) -> np.ndarray:
     """
     maps = arrow_column(column, FEATURE_MAP)
     n_rows, width = len(maps), len(feature_names)
-    matrix = np.full((n_rows, width), np.nan, dtype=np.float32)
-    if n_rows == 0 or width == 0:
-        return matrix
-    dense = _dense_entries(maps, feature_names)
+    dense = _dense_entries(maps, feature_names) if n_rows and width else None
     if dense is not None:  # every row holds the same keys in the same order
         codes, numbers = dense
         known = codes >= 0
-        if known.all() and len(codes) == width and not np.isnan(numbers).any():
-            matrix[:, codes] = numbers
+        if (
+            len(codes) == width and (codes == np.arange(width)).all()
+        ):  # the spec's order: NaN is missing anyway
+            return numbers.astype(np.float32)
+    matrix = np.full((n_rows, width), np.nan, dtype=np.float32)
+    if n_rows == 0 or width == 0:
+        return matrix
+    if dense is not None:
+        if np.unique(codes[known]).size == known.sum():  # each feature once per row: NaN is missing anyway
+            matrix[:, codes[known]] = numbers[:, known]
             return matrix
         numbers = numbers[:, known]
         for k, code in enumerate(codes[known]):  # one pass per key, not per row
@@ -156,7 +177,12 @@ def name_mask(column: Any, names: Sequence[str]) -> NameMask:
     if len(lists) == 0:
         return NameMask(mask, {})
     flat = _flatten(lists)
-    entries = flat.items if pa.types.is_string(flat.items.type) else flat.items.cast(pa.string())
+    items = flat.items.type
+    entries = (
+        flat.items
+        if pa.types.is_string(items) or pa.types.is_dictionary(items)
+        else flat.items.cast(pa.string())
+    )
     codes = string_codes(entries, names)
     known = codes >= 0
     mask[flat.parents[known], codes[known]] = 1.0
@@ -168,7 +194,7 @@ def _unknown_rows(strings: pa.Array, codes: np.ndarray, rows: np.ndarray) -> dic
     bad = np.flatnonzero(codes < 0)
     if len(bad) == 0:
         return {}
-    found = strings.take(pa.array(bad)).fill_null("None").to_pylist()
+    found = strings.take(pa.array(bad)).cast(pa.string()).fill_null("None").to_pylist()
     unknown: dict[str, list[int]] = {}
     for name, row in zip(found, rows[bad].tolist(), strict=True):
         unknown.setdefault(str(name), []).append(int(row))

@@ -176,13 +176,39 @@ def _in_days(files: Sequence[Path], start: datetime | None, end: datetime | None
     return kept
 
 
-def _batches(path: Path, columns: list[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
+# Map keys and list entries are read dictionary-encoded: parquet stores them as dictionary pages
+# (a few distinct names), and expanding them into one string per entry was most of the read time
+# (most of the read time in benchmarks/training_data.py; the head is cast back to plain strings).
+_NAME_COLUMNS = ("state_features", "next_state_features", "possible_actions", "possible_next_actions")
+
+
+def _batches(
+    path: Path, columns: list[str], batch_rows: int, *, names_as_dictionary: bool = False
+) -> Iterator[pa.RecordBatch]:
     try:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+        file = pq.ParquetFile(path)
+        if not names_as_dictionary:
+            yield from file.iter_batches(batch_size=batch_rows, columns=columns)
+            return
+        coded = pq.ParquetFile(path, read_dictionary=_name_leaves(file.schema))
+        for group in range(coded.num_row_groups):  # a dictionary is per row group: batches must not span two
+            yield from coded.iter_batches(batch_size=batch_rows, columns=columns, row_groups=[group])
     except (OSError, pa.ArrowInvalid, KeyError) as exc:
         raise TrainingDataError(
             f"cannot read timeline file {path}: {exc}; is it a timeline parquet file?"
         ) from exc
+
+
+def _name_leaves(schema: pq.ParquetSchema) -> list[str]:
+    """Paths of the string leaves of the name columns: map keys (a map's values are numbers) and list entries."""
+    leaves = (schema.column(i) for i in range(len(schema)))
+    return [
+        leaf.path
+        for leaf in leaves
+        if leaf.path.split(".", 1)[0] in _NAME_COLUMNS
+        and leaf.physical_type == "BYTE_ARRAY"
+        and "." in leaf.path
+    ]
 
 
 def _stamps_ns(column: pa.Array) -> np.ndarray:
@@ -283,7 +309,8 @@ def _fill_steps(
     done = 0
     for part in parts:
         offset = 0
-        for raw in _batches(part.path, list(REQUIRED_COLUMNS), batch_rows):
+        plain = None
+        for raw in _batches(part.path, list(REQUIRED_COLUMNS), batch_rows, names_as_dictionary=True):
             batch = _kept(raw, part.keep, offset)
             offset += raw.num_rows
             if batch.num_rows == 0:
@@ -296,7 +323,11 @@ def _fill_steps(
                 getattr(steps, field.name)[rows] = getattr(built, field.name)
             in_head = rows < HEAD_ROWS
             if in_head.any():
-                heads.append(batch.filter(pa.array(in_head)).to_pandas().set_index(pd.Index(rows[in_head])))
+                if plain is None:  # the head as load_timelines reads it: names as plain strings
+                    plain = pq.read_schema(part.path).remove_metadata()
+                    plain = pa.schema([plain.field(name) for name in batch.schema.names])
+                head_rows = pa.Table.from_batches([batch.filter(pa.array(in_head))]).cast(plain)
+                heads.append(head_rows.to_pandas().set_index(pd.Index(rows[in_head])))
     head = pd.concat(heads).sort_index().reset_index(drop=True) if heads else pd.DataFrame()
     return steps, head
 

@@ -19,7 +19,7 @@ from features import save_spec
 from infra.cli import main as streamrl
 from stream import load_timelines, timeline_files
 from trainer import ModelRegistry, TrainingDataError, load_run_config
-from trainer._columns import FEATURE_MAP, feature_matrix
+from trainer._columns import FEATURE_MAP, feature_matrix, string_codes
 from trainer.data import REQUIRED_COLUMNS, build_transitions, discounted_returns
 from trainer.nstep import n_step_transitions
 from trainer.parquet_data import stream_transitions, training_transitions
@@ -165,7 +165,21 @@ def test_chunked_parquet_gives_exactly_the_in_memory_tensors(tmp_path: Path, n_s
     assert prepared.data_range.rows == len(frame)
     assert prepared.data_range.start == frame["timestamp"].min().to_pydatetime()
     assert prepared.data_range.end == frame["timestamp"].max().to_pydatetime()
-    assert prepared.head["mdp_id"].tolist() == frame["mdp_id"].tolist()[: len(prepared.head)]
+    head = frame.head(len(prepared.head))
+    assert prepared.head["mdp_id"].tolist() == head["mdp_id"].tolist()
+    # read with names dictionary-encoded, the head is cast back to what load_timelines gives
+    for name in ("state_features", "next_state_features", "possible_actions", "possible_next_actions"):
+        is_map = name.endswith("features")
+        assert [_plain(v, is_map) for v in prepared.head[name]] == [_plain(v, is_map) for v in head[name]], (
+            name
+        )
+
+
+def _plain(value: object, is_map: bool) -> object:
+    """A map cell (dict or (key, value) pairs) as a dict, a list cell as a list of str, None as None."""
+    if value is None:
+        return None
+    return dict(value.items() if isinstance(value, dict) else value) if is_map else [str(v) for v in value]
 
 
 def test_chunked_errors_name_the_rows_the_in_memory_path_names(tmp_path: Path) -> None:
@@ -183,6 +197,35 @@ def test_chunked_errors_name_the_rows_the_in_memory_path_names(tmp_path: Path) -
     assert chunked.value.column == in_memory.value.column == "action"
     assert chunked.value.rows == in_memory.value.rows and len(chunked.value.rows) == 2
     assert str(chunked.value) == str(in_memory.value)
+
+
+def test_an_unknown_possible_action_is_named_alike_in_both_paths(tmp_path: Path) -> None:
+    # possible_actions are read dictionary-encoded on the chunked path; the unknown name must still read
+    frame = _shuffled_chain_timelines()
+    frame.at[4, "possible_actions"] = ["go", "fly"]
+    write_timelines(frame, tmp_path)
+    loaded = load_timelines(tmp_path)
+
+    with pytest.raises(TrainingDataError) as in_memory:
+        build_transitions(loaded, ["x"], ACTIONS, 0.9)
+    with pytest.raises(TrainingDataError) as chunked:
+        stream_transitions(timeline_files(tmp_path), ["x"], ACTIONS, 0.9, batch_rows=5)
+
+    assert "fly" in str(in_memory.value)
+    assert str(chunked.value) == str(in_memory.value)
+
+
+def test_dictionary_encoded_names_get_the_codes_of_plain_strings() -> None:
+    plain = pa.array(["b", None, "zz", "a", "b", "a"], pa.string())
+    coded = plain.dictionary_encode()
+    assert pa.types.is_dictionary(coded.type)
+    # by hand: names [a, b] → b=1, null=−1, zz=−1, a=0, b=1, a=0
+    assert string_codes(coded, ["a", "b"]).tolist() == [1, -1, -1, 0, 1, 0]
+    assert string_codes(plain, ["a", "b"]).tolist() == [1, -1, -1, 0, 1, 0]
+    maps = pa.array([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": None}], FEATURE_MAP)
+    keys = maps.values.field(0).dictionary_encode()
+    coded_maps = pa.MapArray.from_arrays(maps.offsets, keys, maps.values.field(1))
+    np.testing.assert_array_equal(feature_matrix(coded_maps, ["b", "a"]), [[2.0, 1.0], [np.nan, 3.0]])
 
 
 def test_streamrl_train_reads_batches_when_the_run_config_says_so(tmp_path: Path) -> None:
