@@ -184,6 +184,9 @@ def name_mask(column: Any, names: Sequence[str]) -> NameMask:
         else flat.items.cast(pa.string())
     )
     codes = string_codes(entries, names)
+    if (codes >= 0).all():  # flat positions: a third of the cost of a 2-D fancy index
+        mask.reshape(-1)[flat.parents * len(names) + codes] = 1.0
+        return NameMask(mask, {})
     known = codes >= 0
     mask[flat.parents[known], codes[known]] = 1.0
     return NameMask(mask, _unknown_rows(entries, codes, flat.parents))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -310,7 +311,9 @@ def _fill_steps(
     for part in parts:
         offset = 0
         plain = None
-        for raw in _batches(part.path, list(REQUIRED_COLUMNS), batch_rows, names_as_dictionary=True):
+        for raw in _read_ahead(
+            _batches(part.path, list(REQUIRED_COLUMNS), batch_rows, names_as_dictionary=True)
+        ):
             batch = _kept(raw, part.keep, offset)
             offset += raw.num_rows
             if batch.num_rows == 0:
@@ -319,8 +322,10 @@ def _fill_steps(
             done += batch.num_rows
             columns = {name: batch.column(name) for name in REQUIRED_COLUMNS}
             built = build_step_arrays(columns, feature_names, actions, reward_clip, _labels(batch, rows))
+            # rows already in timeline order (the usual case) land by slice, not by scatter
+            at = slice(int(rows[0]), int(rows[-1]) + 1) if (np.diff(rows) == 1).all() else rows
             for field in dataclasses.fields(StepArrays):
-                getattr(steps, field.name)[rows] = getattr(built, field.name)
+                getattr(steps, field.name)[at] = getattr(built, field.name)
             in_head = rows < HEAD_ROWS
             if in_head.any():
                 if plain is None:  # the head as load_timelines reads it: names as plain strings
@@ -330,6 +335,16 @@ def _fill_steps(
                 heads.append(head_rows.to_pandas().set_index(pd.Index(rows[in_head])))
     head = pd.concat(heads).sort_index().reset_index(drop=True) if heads else pd.DataFrame()
     return steps, head
+
+
+def _read_ahead(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches, the next one decoded on a thread while the caller converts this one (Arrow's
+    decoding and numpy's copies release the GIL, so the two overlap on two cores)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-read-ahead") as reader:
+        pending = reader.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = reader.submit(next, batches, None)
+            yield batch
 
 
 def _labels(batch: pa.RecordBatch, numbers: np.ndarray) -> RowLabels:
