@@ -7,18 +7,27 @@ per process: importing Feast sets `PROMETHEUS_MULTIPROC_DIR`, and in that mode e
 backed by one mmap file per process, so a second app in the process (tests, the demo) would
 start from the first one's counts.
 
-With several workers (`ServingConfig.workers`) each process has its own counts: a scrape shows the
-worker that accepted it, named by `streamrl_serving_worker{pid=…}`.
+With several workers (`ServingConfig.workers`) each process counts its own, and every
+`publish_interval_s` (and when it stops) writes them to a file of its own in a directory the
+workers share (`serving.run_server` makes it). A scrape, whichever worker accepts it, adds its own
+live counts to the other workers' latest files: counters and the latency histogram are sums over
+every worker that has run (a stopped worker's counts stay, so the sums never go back), the queue
+gauges sum the live workers, `streamrl_serving_model_version{version}` counts the live workers
+serving each version, and `streamrl_serving_worker_model_version{pid, version}` names them.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import os
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import (
@@ -61,9 +70,12 @@ _COUNTERS = {
 
 
 class ServingMetrics:
-    """Counters, a latency histogram and the model-version gauge; safe to update from any thread."""
+    """Counters, a latency histogram and the model-version gauge; safe to update from any thread.
 
-    def __init__(self) -> None:
+    `shared_dir`: where the workers of one server publish their counts (see the module doc); None
+    for a single process."""
+
+    def __init__(self, shared_dir: Path | str | None = None, publish_interval_s: float = 1.0) -> None:
         self._lock = threading.Lock()
         self._requests: Counter[tuple[str, str]] = Counter()
         # Per endpoint: observations per bucket (the last one is +Inf), and their sum.
@@ -73,8 +85,77 @@ class ServingMetrics:
         self._model_version: str | None = None
         self._queue_depth: Callable[[], int] | None = None
         self._queue_capacity = 0
+        self._shared_dir = None if shared_dir is None else Path(shared_dir)
+        self._own_file = None if self._shared_dir is None else self._shared_dir / f"{uuid.uuid4().hex}.json"
+        self._publish_interval_s = publish_interval_s
+        self._stop_publishing = threading.Event()
+        self._publisher: threading.Thread | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
+
+    # --- sharing between workers -------------------------------------------------------------
+    def start_publishing(self) -> None:
+        """Write this worker's counts to the shared directory now and every `publish_interval_s`."""
+        if self._shared_dir is None or self._publisher is not None:
+            return
+        self._stop_publishing.clear()
+        self.publish()
+        self._publisher = threading.Thread(target=self._publish_loop, name="metrics-publisher", daemon=True)
+        self._publisher.start()
+
+    def stop_publishing(self) -> None:
+        """Stop the publisher after writing the final counts (they stay in the sums)."""
+        if self._publisher is None:
+            return
+        self._stop_publishing.set()
+        self._publisher.join()
+        self._publisher = None
+        self.publish()
+
+    def publish(self) -> None:
+        """Write this worker's counts to its file in the shared directory (atomically)."""
+        if self._own_file is None:
+            return
+        tmp = self._own_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state()), encoding="utf-8")
+        tmp.replace(self._own_file)
+
+    def _publish_loop(self) -> None:
+        while not self._stop_publishing.wait(self._publish_interval_s):
+            try:
+                self.publish()
+            except OSError:  # a full or vanished directory: the next round tries again
+                continue
+
+    def _state(self) -> dict[str, Any]:
+        """This worker's counts as JSON-able values, taken under the lock."""
+        depth = self._queue_depth() if self._queue_depth is not None else None
+        with self._lock:
+            return {
+                "pid": os.getpid(),
+                "requests": [[e, s, n] for (e, s), n in self._requests.items()],
+                "latency": {e: [list(c), self._latency_sum_s[e]] for e, c in self._latency_counts.items()},
+                "counts": dict(self._counts),
+                "queue_depth": depth,
+                "queue_capacity": self._queue_capacity if depth is not None else None,
+                "model_version": self._model_version,
+            }
+
+    def _peer_states(self) -> list[dict[str, Any]]:
+        """The other workers' last published counts, each with `alive` (its process still runs)."""
+        if self._shared_dir is None:
+            return []
+        states = []
+        for path in self._shared_dir.glob("*.json"):
+            if path == self._own_file:
+                continue
+            try:
+                state = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # replaced or removed between listing and reading
+                continue
+            state["alive"] = _alive(int(state["pid"]))
+            states.append(state)
+        return states
 
     def observe_request(self, endpoint: str, status: int, latency_s: float) -> None:
         with self._lock:
@@ -113,51 +194,82 @@ class ServingMetrics:
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        """The metric families as they stand now, one snapshot under the lock (the collector API)."""
-        with self._lock:
-            requests = sorted(self._requests.items())
-            latency = sorted((e, list(c), self._latency_sum_s[e]) for e, c in self._latency_counts.items())
-            counts = dict(self._counts)
-            version = self._model_version
+        """The metric families as they stand now: this worker's counts (one snapshot under the lock)
+        plus the other workers' published ones (the collector API)."""
+        states = [{**self._state(), "alive": True}, *self._peer_states()]
+        requests: Counter[tuple[str, str]] = Counter()
+        latency: dict[str, tuple[list[int], float]] = {}
+        counts: Counter[str] = Counter()
+        for state in states:
+            requests.update({(e, s): n for e, s, n in state["requests"]})
+            for endpoint, (per_bucket, sum_s) in state["latency"].items():
+                total, total_s = latency.get(endpoint, ([0] * len(per_bucket), 0.0))
+                latency[endpoint] = ([a + b for a, b in zip(total, per_bucket, strict=True)], total_s + sum_s)
+            counts.update(state["counts"])
+        live = [state for state in states if state["alive"]]
         family = CounterMetricFamily(
             "streamrl_serving_requests_total",
             "HTTP requests by endpoint and status code.",
             labels=("endpoint", "status"),
         )
-        for labels, n in requests:
+        for labels, n in sorted(requests.items()):
             family.add_metric(labels, n)
         yield family
         histogram = HistogramMetricFamily(
             "streamrl_serving_request_latency_seconds", "Request latency in the server.", labels=("endpoint",)
         )
         bounds = [*map(floatToGoString, LATENCY_BUCKETS_S), "+Inf"]
-        for endpoint, per_bucket, sum_s in latency:
+        for endpoint, (per_bucket, sum_s) in sorted(latency.items()):
             buckets = list(zip(bounds, itertools.accumulate(per_bucket), strict=True))
             histogram.add_metric([endpoint], buckets, sum_value=sum_s)
         yield histogram
         for name, (metric, help_text) in _COUNTERS.items():
             yield CounterMetricFamily(metric, help_text, value=counts.get(name, 0))
-        if self._queue_depth is not None:
+        queues = [state for state in live if state["queue_depth"] is not None]
+        if queues:
             yield GaugeMetricFamily(
                 "streamrl_serving_decision_queue_depth",
-                "Decisions waiting to be handed to the broker client.",
-                value=self._queue_depth(),
+                "Decisions waiting to be handed to the broker client (all live workers).",
+                value=sum(state["queue_depth"] for state in queues),
             )
             yield GaugeMetricFamily(
                 "streamrl_serving_decision_queue_capacity",
-                "Decisions the queue holds before requests are refused with 503.",
-                value=self._queue_capacity,
+                "Decisions the queues hold before requests are refused with 503 (all live workers).",
+                value=sum(state["queue_capacity"] for state in queues),
             )
         worker = GaugeMetricFamily(
             "streamrl_serving_worker",
-            "1, labelled with the pid of the serving process (worker) that answered this scrape.",
+            "1 per live serving process (worker), labelled with its pid.",
             labels=("pid",),
         )
-        worker.add_metric([str(os.getpid())], 1)
-        yield worker
-        gauge = GaugeMetricFamily(
-            "streamrl_serving_model_version", "1 for the model version currently served.", labels=("version",)
+        per_worker = GaugeMetricFamily(
+            "streamrl_serving_worker_model_version",
+            "1 for the model version each live worker serves.",
+            labels=("pid", "version"),
         )
-        if version is not None:
-            gauge.add_metric([version], 1)
+        versions: Counter[str] = Counter(state["model_version"] for state in live if state["model_version"])
+        for pid in sorted({state["pid"] for state in live}):  # a set: apps in one process share a pid
+            worker.add_metric([str(pid)], 1)
+        for pid, version in sorted({(s["pid"], s["model_version"]) for s in live if s["model_version"]}):
+            per_worker.add_metric([str(pid), version], 1)
+        yield worker
+        yield per_worker
+        gauge = GaugeMetricFamily(
+            "streamrl_serving_model_version",
+            "How many live workers serve each model version (1 with a single process).",
+            labels=("version",),
+        )
+        for version, n in sorted(versions.items()):
+            gauge.add_metric([version], n)
         yield gauge
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid runs (on this host: the workers share one)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # runs, as another user
+        return True
+    return True

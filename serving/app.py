@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,18 +142,22 @@ class _MetricsMiddleware:
             )
 
 
-def create_app(config: ServingConfig) -> FastAPI:
-    """Build the app; its lifespan loads the deployed model and opens the broker and feature store."""
-    metrics = ServingMetrics()
+def create_app(config: ServingConfig, *, metrics_dir: Path | None = None) -> FastAPI:
+    """Build the app; its lifespan loads the deployed model and opens the broker and feature store.
+
+    `metrics_dir`: the directory the workers of one server share their metrics in (`serving.server`)."""
+    metrics = ServingMetrics(metrics_dir)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await run_in_threadpool(_start_runtime, config, metrics)
         app.state.runtime = runtime
+        metrics.start_publishing()
         try:
             yield
         finally:
             await run_in_threadpool(_stop_runtime, runtime)
+            metrics.stop_publishing()
 
     # FastAPI's own OpenTelemetry hooks look up the global providers on every request (~8 % of a
     # `/v1/act` in the profile); serving has its own metrics, so they are off.

@@ -143,3 +143,86 @@ def test_a_new_app_starts_from_zero_in_prometheus_multiprocess_mode(tmp_path):
     assert _value(seen, "streamrl_serving_model_swaps_total") == 0
     assert not [key for key in seen if key[0].startswith("streamrl_serving_request")]
     assert not [key for key in seen if key[0] == "streamrl_serving_model_version"]
+
+
+_STOPPED_WORKER_SCRIPT = """
+import sys
+from serving._metrics import ServingMetrics
+metrics = ServingMetrics(sys.argv[1])
+metrics.start_publishing()
+metrics.observe_request("/v1/act", 200, 0.004)
+metrics.observe_request("/v1/act", 503, 0.0005)
+metrics.add("decisions_logged", 4)
+metrics.watch_decision_queue(lambda: 9, 100)
+metrics.model_version = "v0"
+metrics.stop_publishing()
+"""
+
+
+def test_workers_sharing_a_directory_scrape_as_one_server(tmp_path):
+    """Counts of every worker that ran add up whichever worker answers; gauges count the live ones."""
+    first, second = ServingMetrics(tmp_path), ServingMetrics(tmp_path)
+    depth = {"first": 3, "second": 5}
+    first.watch_decision_queue(lambda: depth["first"], 100)
+    second.watch_decision_queue(lambda: depth["second"], 100)
+    for latency in (0.002, 0.2):
+        first.observe_request("/v1/act", 200, latency)
+    second.observe_request("/v1/act", 200, 0.0004)
+    first.add("decisions_logged", 2)
+    second.add("decisions_logged", 1)
+    first.model_version, second.model_version = "v1", "v2"
+    first.start_publishing()
+    second.start_publishing()
+    # a worker that ran and stopped: a real process, now gone
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_WORKER_SCRIPT, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        for scraped in (first, second):
+            seen = _samples(scraped.render().decode())
+            # by hand: 200s 2 + 1 + 1 (stopped), 503s 1 (stopped); latencies 0.002 + 0.2 + 0.0004 + 0.004 + 0.0005
+            assert _value(seen, "streamrl_serving_requests_total", endpoint="/v1/act", status="200") == 4
+            assert _value(seen, "streamrl_serving_requests_total", endpoint="/v1/act", status="503") == 1
+            assert _value(seen, "streamrl_serving_request_latency_seconds_count", endpoint="/v1/act") == 5
+            assert _value(
+                seen, "streamrl_serving_request_latency_seconds_sum", endpoint="/v1/act"
+            ) == pytest.approx(0.2069)
+            # le=0.001 holds 0.0004 and 0.0005; le=0.005 adds 0.002 and 0.004
+            assert (
+                _value(
+                    seen, "streamrl_serving_request_latency_seconds_bucket", endpoint="/v1/act", le="0.001"
+                )
+                == 2
+            )
+            assert (
+                _value(
+                    seen, "streamrl_serving_request_latency_seconds_bucket", endpoint="/v1/act", le="0.005"
+                )
+                == 4
+            )
+            assert _value(seen, "streamrl_serving_decisions_logged_total") == 7
+            # gauges: the two live workers only (not the stopped one's 9 / 100 / v0)
+            assert _value(seen, "streamrl_serving_decision_queue_depth") == 8
+            assert _value(seen, "streamrl_serving_decision_queue_capacity") == 200
+            assert _value(seen, "streamrl_serving_model_version", version="v1") == 1
+            assert _value(seen, "streamrl_serving_model_version", version="v2") == 1
+            assert _value(seen, "streamrl_serving_model_version", version="v0") is None
+            assert _value(seen, "streamrl_serving_worker", pid=str(os.getpid())) == 1
+            workers = [key for key in seen if key[0] == "streamrl_serving_worker"]
+            assert len(workers) == 1, "the stopped worker's pid is not listed (the live two share this one)"
+        # a worker's own counts are live; a peer's are as of its last publication
+        first.observe_request("/v1/act", 200, 0.001)
+        ok = ("streamrl_serving_requests_total", frozenset({("endpoint", "/v1/act"), ("status", "200")}))
+        assert _samples(first.render().decode())[ok] == 5
+        assert _samples(second.render().decode())[ok] == 4
+        first.publish()
+        assert _samples(second.render().decode())[ok] == 5
+    finally:
+        first.stop_publishing()
+        second.stop_publishing()

@@ -170,21 +170,23 @@ def test_healthz_answers_while_inference_is_saturated(config, registry):
             blocker.result(timeout=30)
 
 
-def _worker_versions(url: str, probes: int = 400) -> dict[str, str | None]:
-    """Served model version per worker pid, from `/metrics` over fresh connections (spread over workers)."""
-    seen: dict[str, str | None] = {}
+def _worker_versions(url: str) -> dict[str, str]:
+    """Served model version per live worker pid, from one `/metrics` scrape (workers publish theirs)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.findall(
+        r'^streamrl_serving_worker_model_version\{pid="(\d+)",version="([^"]+)"\} 1', text, re.MULTILINE
+    )
+    return dict(found)
 
-    def scrape(_: int) -> tuple[str, str | None]:
-        text = httpx.get(f"{url}/metrics", timeout=10).text
-        pid = re.search(r'^streamrl_serving_worker\{pid="(\d+)"\} 1', text, re.MULTILINE)
-        served = re.search(r'^streamrl_serving_model_version\{version="([^"]+)"\} 1', text, re.MULTILINE)
-        assert pid, "no worker pid in /metrics"
-        return pid.group(1), served.group(1) if served else None
 
-    with ThreadPoolExecutor(8) as pool:
-        for pid, served in pool.map(scrape, range(probes)):
-            seen[pid] = served
-    return seen
+def _requests_total(url: str, status: int) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    found = re.search(
+        rf'^streamrl_serving_requests_total\{{endpoint="/v1/act",status="{status}"\}} (\S+)',
+        text,
+        re.MULTILINE,
+    )
+    return float(found.group(1)) if found else 0.0
 
 
 def test_every_worker_hot_swaps_under_load_without_a_failed_request(config, registry, tmp_path: Path):
@@ -244,6 +246,9 @@ def test_every_worker_hot_swaps_under_load_without_a_failed_request(config, regi
             stop.set()
             for loader in loaders:
                 loader.join(timeout=60)
+        # every worker publishes its counts each second: wait for the sum to settle
+        _wait_until("both workers' counts in /metrics", lambda: _requests_total(url, 200) >= len(statuses))
+        answered_total = _requests_total(url, 200)
     finally:
         process.terminate()
         try:
@@ -251,6 +256,7 @@ def test_every_worker_hot_swaps_under_load_without_a_failed_request(config, regi
         except subprocess.TimeoutExpired:
             process.kill()
     assert statuses and set(statuses) == {200}, f"failed requests: {[s for s in statuses if s != 200][:10]}"
+    assert answered_total == len(statuses), "/metrics sums both workers' requests, whichever answers"
     assert set(versions) == {v1, v2} and versions[-1] == v2
     assert process.returncode in (0, -signal.SIGTERM), (tmp_path / "serving.log").read_text()
 
