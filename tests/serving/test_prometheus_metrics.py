@@ -114,6 +114,21 @@ def test_requests_total_and_add_read_back_through_the_registry():
     )
 
 
+def _run_python(script: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run `script` in a fresh interpreter at the repository root; its stdout (it must exit 0)."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env=env,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 _MULTIPROCESS_SCRIPT = """
 from prometheus_client import values
 assert values.ValueClass is not values.MutexValue, "prometheus_client is not in multiprocess mode"
@@ -129,17 +144,9 @@ print(ServingMetrics().render().decode())
 def test_a_new_app_starts_from_zero_in_prometheus_multiprocess_mode(tmp_path):
     """Importing Feast sets PROMETHEUS_MULTIPROC_DIR, which makes prometheus_client's own metric
     objects share one file per process; the app's metrics must not pick up an earlier app's counts."""
-    done = subprocess.run(
-        [sys.executable, "-c", _MULTIPROCESS_SCRIPT],
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    seen = _samples(
+        _run_python(_MULTIPROCESS_SCRIPT, env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     )
-    assert done.returncode == 0, done.stderr
-    seen = _samples(done.stdout)
     assert _value(seen, "streamrl_serving_model_swaps_total") == 0
     assert not [key for key in seen if key[0].startswith("streamrl_serving_request")]
     assert not [key for key in seen if key[0] == "streamrl_serving_model_version"]
@@ -174,15 +181,7 @@ def test_workers_sharing_a_directory_scrape_as_one_server(tmp_path):
     first.start_publishing()
     second.start_publishing()
     # a worker that ran and stopped: a real process, now gone
-    done = subprocess.run(
-        [sys.executable, "-c", _STOPPED_WORKER_SCRIPT, str(tmp_path)],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    _run_python(_STOPPED_WORKER_SCRIPT, str(tmp_path))
     try:
         for scraped in (first, second):
             seen = _samples(scraped.render().decode())

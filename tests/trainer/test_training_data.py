@@ -182,37 +182,36 @@ def _plain(value: object, is_map: bool) -> object:
     return dict(value.items() if isinstance(value, dict) else value) if is_map else [str(v) for v in value]
 
 
+def _errors_of_both_paths(frame: pd.DataFrame, root: Path, batch_rows: int) -> tuple[Exception, Exception]:
+    """The TrainingDataError of the in-memory path and of the chunked one on `frame` written under `root`."""
+    write_timelines(frame, root)
+    loaded = load_timelines(root)
+    with pytest.raises(TrainingDataError) as in_memory:
+        build_transitions(loaded, ["x"], ACTIONS, 0.9)
+    with pytest.raises(TrainingDataError) as chunked:
+        stream_transitions(timeline_files(root), ["x"], ACTIONS, 0.9, batch_rows=batch_rows)
+    return in_memory.value, chunked.value
+
+
 def test_chunked_errors_name_the_rows_the_in_memory_path_names(tmp_path: Path) -> None:
     frame = _shuffled_chain_timelines()
     same_file = frame.index[frame["ds"] == frame.at[0, "ds"]][[0, -1]]  # one file per day; batches of 1000
     frame.loc[same_file, "action"] = "fly"
-    write_timelines(frame, tmp_path)
-    loaded = load_timelines(tmp_path)
+    in_memory, chunked = _errors_of_both_paths(frame, tmp_path, batch_rows=1000)
 
-    with pytest.raises(TrainingDataError) as in_memory:
-        build_transitions(loaded, ["x"], ACTIONS, 0.9)
-    with pytest.raises(TrainingDataError) as chunked:
-        stream_transitions(timeline_files(tmp_path), ["x"], ACTIONS, 0.9, batch_rows=1000)
-
-    assert chunked.value.column == in_memory.value.column == "action"
-    assert chunked.value.rows == in_memory.value.rows and len(chunked.value.rows) == 2
-    assert str(chunked.value) == str(in_memory.value)
+    assert chunked.column == in_memory.column == "action"
+    assert chunked.rows == in_memory.rows and len(chunked.rows) == 2
+    assert str(chunked) == str(in_memory)
 
 
 def test_an_unknown_possible_action_is_named_alike_in_both_paths(tmp_path: Path) -> None:
     # possible_actions are read dictionary-encoded on the chunked path; the unknown name must still read
     frame = _shuffled_chain_timelines()
     frame.at[4, "possible_actions"] = ["go", "fly"]
-    write_timelines(frame, tmp_path)
-    loaded = load_timelines(tmp_path)
+    in_memory, chunked = _errors_of_both_paths(frame, tmp_path, batch_rows=5)
 
-    with pytest.raises(TrainingDataError) as in_memory:
-        build_transitions(loaded, ["x"], ACTIONS, 0.9)
-    with pytest.raises(TrainingDataError) as chunked:
-        stream_transitions(timeline_files(tmp_path), ["x"], ACTIONS, 0.9, batch_rows=5)
-
-    assert "fly" in str(in_memory.value)
-    assert str(chunked.value) == str(in_memory.value)
+    assert "fly" in str(in_memory)
+    assert str(chunked) == str(in_memory)
 
 
 def test_dictionary_encoded_names_get_the_codes_of_plain_strings() -> None:
