@@ -366,16 +366,15 @@ def _child_rng(runtime: _Runtime) -> np.random.Generator:
         return np.random.default_rng(runtime.rng.integers(2**63))
 
 
-def _served_kind(runtime: _Runtime, model: LoadedModel | None) -> tuple[ActionKind | None, str]:
-    """The kind requests must have, and who says so (for the error message); None = any kind."""
-    if model is not None:
-        return model.action_kind, f"the deployed model {model.version}"
-    return runtime.config.action_kind, "this server (serving.action_kind)"
-
-
 def _check_kind(runtime: _Runtime, model: LoadedModel | None, sent: str, prefix: str) -> None:
-    served, served_by = _served_kind(runtime, model)
+    """Refuse a request of another kind than the served one (the model's, else serving.action_kind)."""
+    served = model.action_kind if model is not None else runtime.config.action_kind
     if served is not None and sent != served.value:
+        served_by = (
+            f"the deployed model {model.version}"
+            if model is not None
+            else "this server (serving.action_kind)"
+        )
         runtime.metrics.add("wrong_kind_requests")
         raise WrongKindError(f"{prefix}action_kind", sent, served.value, served_by, KINDS[served].expected)
 

@@ -37,6 +37,8 @@ def test_raw_redis_reader_matches_feast_reader(feast_store, feast_config) -> Non
     reader = open_online_reader(feast_config.model_copy(update={"online_reader": RedisReaderConfig()}))
     assert isinstance(reader, RedisOnlineFeatureReader)
     assert reader.get(request) == expected
+    # one entity goes without a pipeline (serving's path): the same answers, one at a time
+    assert [reader.get([entity])[0] for entity in request] == expected
     assert reader.get([]) == []
     assert expected[1] == {"f_age": None, "f_clicks": None, "f_hour": None}
 

@@ -19,7 +19,7 @@ from features import save_spec
 from infra.cli import main as streamrl
 from stream import load_timelines, timeline_files
 from trainer import ModelRegistry, TrainingDataError, load_run_config
-from trainer._columns import FEATURE_MAP, feature_matrix, string_codes
+from trainer._columns import FEATURE_MAP, feature_matrix, name_mask, string_codes
 from trainer.data import REQUIRED_COLUMNS, build_transitions, discounted_returns
 from trainer.nstep import n_step_transitions
 from trainer.parquet_data import stream_transitions, training_transitions
@@ -225,6 +225,20 @@ def test_dictionary_encoded_names_get_the_codes_of_plain_strings() -> None:
     keys = maps.values.field(0).dictionary_encode()
     coded_maps = pa.MapArray.from_arrays(maps.offsets, keys, maps.values.field(1))
     np.testing.assert_array_equal(feature_matrix(coded_maps, ["b", "a"]), [[2.0, 1.0], [np.nan, 3.0]])
+
+
+def test_a_few_python_lists_mask_as_arrow_columns_do() -> None:
+    lists = [["b", "a"], None, ["c", "a", None], [], ["zz", "a", "zz"]]
+    # by hand, names [a, b, c]: rows a+b, none, c+a (+ a null entry), none, a (+ zz twice)
+    expected = np.array([[1, 1, 0], [0, 0, 0], [1, 0, 1], [0, 0, 0], [1, 0, 0]], np.float32)
+    for given in (lists, pa.array(lists, pa.list_(pa.string())), lists * 20):  # small, Arrow, > 64 rows
+        names = name_mask(given, ["a", "b", "c"])
+        rows = len(given)
+        np.testing.assert_array_equal(names.mask, np.tile(expected, (rows // 5, 1)))
+        assert names.unknown == {
+            "None": [2 + 5 * k for k in range(rows // 5)],
+            "zz": [r for k in range(rows // 5) for r in (4 + 5 * k, 4 + 5 * k)],
+        }
 
 
 def test_streamrl_train_reads_batches_when_the_run_config_says_so(tmp_path: Path) -> None:
