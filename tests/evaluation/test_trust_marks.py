@@ -257,6 +257,19 @@ def test_heavy_tailed_cumulative_weights_mark_the_sequential_estimates_unreliabl
     assert not decision.approved
     assert any("too heavy-tailed to trust" in r for r in decision.reasons), decision.reasons
     assert decision.checked["pareto_k"] == report.headline_estimate.pareto_k
+    # The unreliable headline reports the interval that holds whatever the tail, and says so;
+    # the other estimates keep their bootstrap intervals.
+    head = report.headline_estimate
+    assert head.interval == "truncated_is"
+    assert "the interval is the truncated importance-sampling bound" in report.verdict
+    assert {e.interval for k, e in report.estimates.items() if k != report.headline} == {"bootstrap"}
+    # by hand: returns of 10 steps with rewards in [r_min, r_max] lie in [a·S, b·S], a = min(r_min, 0),
+    # b = max(r_max, 0), S = Σ_{t<10} γ^t; the interval is inside that and far wider than the bootstrap's
+    total = sum(report.gamma**t for t in range(10))
+    low, high = min(frame["reward"].min(), 0.0) * total, max(frame["reward"].max(), 0.0) * total
+    assert low <= head.ci_low < head.ci_high <= high
+    seq = report.estimates["sequential_dr"]
+    assert head.ci_high - head.ci_low > 3 * (seq.ci_high - seq.ci_low)
 
 
 def test_light_tailed_cumulative_weights_leave_the_sequential_estimates_alone() -> None:
@@ -265,4 +278,6 @@ def test_light_tailed_cumulative_weights_leave_the_sequential_estimates_alone() 
     wdr = report.estimates["wdr"]
     assert wdr.pareto_k is not None and wdr.pareto_k < 0.5
     assert wdr.reliable, wdr.warnings
+    assert report.headline_estimate.interval == "bootstrap"
+    assert "truncated importance-sampling" not in report.verdict
     assert not any("heavy-tailed" in w for e in report.estimates.values() for w in e.warnings)
