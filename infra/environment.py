@@ -114,6 +114,7 @@ class Environment:
             feature_store=self.feature_store_config() if self.config.feature_store.feature_names else None,
             seed=section.seed,
             max_batch=section.max_batch,
+            limits=section.limits,
             workers=section.workers,
             inference_threads=section.inference_threads,
             decision_queue_size=section.decision_queue_size,

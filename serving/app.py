@@ -37,10 +37,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import ActionKind, DecisionEvent
 from serving._decision_log import DecisionLog
 from serving._kinds import KINDS, Choice, ContinuousSpace
+from serving._limits import BodyLimitMiddleware, check_limits
 from serving._metrics import ServingMetrics
 from serving.config import ServingConfig, UniformFallbackConfig
 from serving.errors import (
@@ -76,6 +78,9 @@ _ENDPOINTS = frozenset({*(f"/v1{route}" for route in _ROUTES), "/healthz", "/met
 _APP_PREFIX = re.compile(r"^/v1/apps/[^/]+/")
 _KIND_TAGS = frozenset(kind.value for kind in ActionKind)
 # Declared error bodies of the decision endpoints (every error is an `ErrorBody`).
+# The `error` of an ErrorBody for the HTTP errors Starlette raises itself.
+_HTTP_ERRORS = {404: "NotFound", 405: "MethodNotAllowed"}
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body is not valid JSON."},
     422: {
@@ -84,6 +89,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "unknown actions, a candidate without the model's features, a vector of the wrong length or "
         "out of bounds, too large a batch. The message names the field.",
     },
+    413: {"model": ErrorBody, "description": "The body is over serving.limits.max_body_bytes."},
     500: {"model": ErrorBody, "description": "Internal error (quote the request id)."},
     503: {
         "model": ErrorBody,
@@ -167,10 +173,11 @@ def create_app(config: ServingConfig, *, metrics_dir: Path | None = None) -> Fas
         lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.add_middleware(_MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    app.add_middleware(_MetricsMiddleware, metrics=metrics)  # outermost: it counts the 413s too
     # One handler; registered per type because Starlette re-raises whatever only the
     # catch-all `Exception` entry handles (that one is for the 500s).
-    for error_type in (RequestValidationError, ServingError, Exception):
+    for error_type in (RequestValidationError, ServingError, StarletteHTTPException, Exception):
         app.add_exception_handler(error_type, _handle_error)
 
     # The decision routes: at /v1/… and, for a named app, also at /v1/apps/{app}/… (one serving
@@ -451,6 +458,7 @@ async def _decide(runtime: _Runtime, requests: list[Any], batch: bool) -> list[A
     models = [served.model_for(request.mdp_id) for request in requests]
     prefixes = [f"requests.{i}." if batch else "" for i in range(len(requests))]
     for request, model, prefix in zip(requests, models, prefixes, strict=True):
+        check_limits(request, runtime.config.limits, prefix)
         _check_kind(runtime, model, request.action_kind, prefix)
     fallback = _fallback_version(runtime.config)
     versions = [model.version if model is not None else fallback for model in models]
@@ -568,6 +576,7 @@ async def _log_app_decisions(
     kinds = [ActionKind(decision.action_kind) for decision in decisions]
     logged = []
     for decision, kind, prefix in zip(decisions, kinds, prefixes, strict=True):
+        check_limits(decision, runtime.config.limits, prefix)
         _check_kind(runtime, model, decision.action_kind, prefix)
         logged.append(Choice(event=KINDS[kind].logged(decision, space, prefix), response={}))
     runtime.decision_log.refuse_if_full(len(decisions))
@@ -685,6 +694,12 @@ async def _handle_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None) or str(uuid.uuid4())
     if isinstance(exc, RequestValidationError):
         status, kind, message = _validation_message(exc)
+    elif isinstance(exc, StarletteHTTPException):  # routing: 404, 405
+        status, kind, message = (
+            exc.status_code,
+            _HTTP_ERRORS.get(exc.status_code, "HTTPError"),
+            str(exc.detail),
+        )
     elif isinstance(exc, ServingError) and exc.status_code != 500:
         status, kind, message = exc.status_code, type(exc).__name__, str(exc)
     else:

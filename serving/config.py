@@ -56,6 +56,31 @@ class UniformFallbackConfig(_Section):
 FallbackConfig = Annotated[NoFallbackConfig | UniformFallbackConfig, Field(discriminator="type")]
 
 
+class RequestLimits(_Section):
+    """Caps on one call, checked before any work is done for it (`serving._limits`).
+
+    A body over `max_body_bytes` is refused with 413 before it is read whole; a request with more
+    features or list items, or a longer string, than allowed with 422 naming the field. Batches
+    are capped by `ServingConfig.max_batch`.
+    """
+
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="bytes of one request body (413 beyond)")
+    max_features: int = Field(
+        512, ge=1, description="entries of one feature map: context_features, a candidate's features"
+    )
+    max_items: int = Field(
+        1000,
+        ge=1,
+        description="items of one list in a request: possible_actions, candidates, an action vector",
+    )
+    max_string_chars: int = Field(
+        256,
+        ge=36,  # a request id serving makes up is a 36-character uuid
+        le=512,
+        description="characters of one string: ids, action and candidate names, feature names",
+    )
+
+
 class ServingConfig(_Section):
     """Where to listen, which registry to follow, where decisions go and where features come from."""
 
@@ -76,6 +101,7 @@ class ServingConfig(_Section):
     )
     seed: int | None = Field(None, description="seed for action sampling; None = fresh entropy")
     max_batch: int = Field(256, ge=1, le=10_000)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
     workers: int = Field(
         1,
         ge=1,

@@ -53,6 +53,21 @@ class BatchTooLargeError(ServingError):
         super().__init__(f"{field} has {size} items; at most max_batch={max_batch} per call. Split the batch")
 
 
+class RequestLimitError(ServingError):
+    """A request holds more features or list items, or a longer string, than `ServingConfig.limits` allows."""
+
+    status_code = 422
+
+    def __init__(self, field: str, size: int, unit: str, limit_name: str, limit: int) -> None:
+        self.field = field
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{field} has {size} {unit}; at most {limit} allowed (serving.limits.{limit_name}). "
+            "Send fewer, or raise the limit in the environment file"
+        )
+
+
 class UnknownAppError(ServingError):
     """A request under /v1/apps/{app}/ names an app this process does not serve."""
 

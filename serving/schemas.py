@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -35,7 +36,8 @@ class _Record(BaseModel):
 
 
 def _duplicates(values: list[str]) -> list[str]:
-    return sorted({v for v in values if values.count(v) > 1})
+    # Counter, not values.count per value: the lists are validated before the limits are checked
+    return sorted(v for v, n in Counter(values).items() if n > 1)
 
 
 class _Context(_Record):
