@@ -19,7 +19,7 @@ from evaluation.config import EvaluationConfig
 from features.identify import NormalizationConfig
 from features.store import FeastReaderConfig, OnlineReaderConfig
 from infra.stack_config import ENV_PREFIX, StackConfig
-from serving.config import ContinuousActionConfig, FallbackConfig, NoFallbackConfig, RequestLimits
+from serving.config import AuthConfig, ContinuousActionConfig, FallbackConfig, NoFallbackConfig, RequestLimits
 from trainer.algorithms import TRAIN_FUNCTIONS, AlgorithmConfig
 from trainer.config import DqnConfig
 from trainer.policy import EpsilonGreedyExploration, ExplorationConfig
@@ -75,9 +75,9 @@ class ServingSection(_Section):
     port: int = Field(18080, ge=1, le=65535)
     poll_interval_s: float = Field(1.0, gt=0)
     max_batch: int = Field(1000, ge=1, le=10_000)
-    limits: RequestLimits = Field(
-        default_factory=RequestLimits
-    )  # body bytes, features, list items, string chars
+    # caps on one call (body bytes, features, list items, string chars)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+    auth: AuthConfig = Field(default_factory=AuthConfig)  # bearer tokens (off: the local demo)
     seed: int | None = 1234
     workers: int = Field(1, ge=1, le=64)  # serving processes on the port, each hot-swapping on its own
     inference_threads: int = Field(4, ge=1, le=256)

@@ -115,6 +115,7 @@ class Environment:
             seed=section.seed,
             max_batch=section.max_batch,
             limits=section.limits,
+            auth=section.auth,
             workers=section.workers,
             inference_threads=section.inference_threads,
             decision_queue_size=section.decision_queue_size,

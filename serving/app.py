@@ -40,12 +40,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import ActionKind, DecisionEvent
+from serving._auth import AuthMiddleware, load_principals
 from serving._decision_log import DecisionLog
 from serving._kinds import KINDS, Choice, ContinuousSpace
 from serving._limits import BodyLimitMiddleware, check_limits
 from serving._metrics import ServingMetrics
 from serving.config import ServingConfig, UniformFallbackConfig
 from serving.errors import (
+    AdminError,
     BatchTooLargeError,
     DecisionQueueFullError,
     NoModelError,
@@ -63,13 +65,18 @@ from serving.schemas import (
     BatchLoggedDecisionRequest,
     BatchLoggedDecisionResponse,
     CanaryHealth,
+    DeploymentResponse,
+    DeployRequest,
     ErrorBody,
     HealthStatus,
     LoggedDecision,
     LoggedDecisionResponse,
     NotServedResponse,
+    RollbackRequest,
 )
 from stream import EventLogError, EventLogger
+from trainer import ModelRegistry
+from trainer.errors import RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +87,16 @@ _KIND_TAGS = frozenset(kind.value for kind in ActionKind)
 # Declared error bodies of the decision endpoints (every error is an `ErrorBody`).
 # The `error` of an ErrorBody for the HTTP errors Starlette raises itself.
 _HTTP_ERRORS = {404: "NotFound", 405: "MethodNotAllowed"}
+
+_ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No valid bearer token (authentication on)."},
+    403: {"model": ErrorBody, "description": "The token lacks the admin scope."},
+    409: {
+        "model": ErrorBody,
+        "description": "The registry refused: unknown or broken version, no previous one.",
+    },
+    422: {"model": ErrorBody, "description": "The body does not fit its schema."},
+}
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body is not valid JSON."},
@@ -174,6 +191,8 @@ def create_app(config: ServingConfig, *, metrics_dir: Path | None = None) -> Fas
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes)
+    if config.auth.enabled:  # tokens read now: a bad token source stops the server before it listens
+        app.add_middleware(AuthMiddleware, principals=load_principals(config.auth))
     app.add_middleware(_MetricsMiddleware, metrics=metrics)  # outermost: it counts the 413s too
     # One handler; registered per type because Starlette re-raises whatever only the
     # catch-all `Exception` entry handles (that one is for the 500s).
@@ -216,6 +235,18 @@ def create_app(config: ServingConfig, *, metrics_dir: Path | None = None) -> Fas
             responses=await _log_app_decisions(runtime, body.decisions, batch=True)
         )
 
+    @api.post("/admin/deploy", response_model=DeploymentResponse, responses=_ADMIN_ERRORS)
+    async def admin_deploy(body: DeployRequest, request: Request) -> DeploymentResponse:
+        """Deploy a registered version (scope `admin` when authentication is on)."""
+        reason = _by(body.reason, request)
+        return await _admin(request.app.state.runtime, "deploy", lambda r: r.deploy(body.version, reason))
+
+    @api.post("/admin/rollback", response_model=DeploymentResponse, responses=_ADMIN_ERRORS)
+    async def admin_rollback(body: RollbackRequest, request: Request) -> DeploymentResponse:
+        """Roll back to the version deployed before the current one (scope `admin`)."""
+        reason = _by(body.reason, request)
+        return await _admin(request.app.state.runtime, "rollback", lambda r: r.rollback(reason))
+
     @api.get("/healthz", response_model=HealthStatus, include_in_schema=False)
     async def app_healthz(request: Request) -> JSONResponse:
         return await healthz(request)
@@ -242,6 +273,35 @@ def create_app(config: ServingConfig, *, metrics_dir: Path | None = None) -> Fas
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _by(reason: str, request: Request) -> str:
+    """The reason recorded in the registry, with who asked when authentication names them."""
+    principal = request.scope.get("state", {}).get("principal")
+    return f"{reason} (by {principal})" if principal else reason
+
+
+async def _admin(
+    runtime: _Runtime, action: str, change: Callable[[ModelRegistry], Any]
+) -> DeploymentResponse:
+    """Change the deploy pointer, then have this worker follow it at once (the others poll)."""
+    registry = ModelRegistry(runtime.config.registry_root)
+
+    def run() -> DeploymentResponse:
+        previous = registry.deployed()
+        try:
+            change(registry)
+        except RegistryError as exc:
+            raise AdminError(action, str(exc)) from exc
+        runtime.holder.reload()
+        current = runtime.holder.current()
+        return DeploymentResponse(
+            deployed=registry.deployed(),
+            previous=previous,
+            served_here=current.version if current is not None else None,
+        )
+
+    return await run_in_threadpool(run)
 
 
 def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:

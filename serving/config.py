@@ -56,6 +56,21 @@ class UniformFallbackConfig(_Section):
 FallbackConfig = Annotated[NoFallbackConfig | UniformFallbackConfig, Field(discriminator="type")]
 
 
+class AuthConfig(_Section):
+    """Bearer tokens for serving (`serving._auth`): off by default (the local demo), on with `enabled`.
+
+    The tokens are secrets, so they are never in this file: they come from the JSON in the
+    environment variable `tokens_env`, or from `tokens_file` (a file only the server can read),
+    shaped `{"<name>": {"token": "<at least 16 characters>", "scopes": ["act", "admin"]}}`.
+    `act` allows the decision routes, `admin` deploy and rollback. `/healthz` and `/metrics` stay
+    open (probes and scrapers).
+    """
+
+    enabled: bool = False
+    tokens_env: str = Field("STREAMRL_SERVING_TOKENS", min_length=1)
+    tokens_file: Path | None = None
+
+
 class RequestLimits(_Section):
     """Caps on one call, checked before any work is done for it (`serving._limits`).
 
@@ -102,6 +117,7 @@ class ServingConfig(_Section):
     seed: int | None = Field(None, description="seed for action sampling; None = fresh entropy")
     max_batch: int = Field(256, ge=1, le=10_000)
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     workers: int = Field(
         1,
         ge=1,

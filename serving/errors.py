@@ -164,3 +164,14 @@ class DecisionQueueFullError(ServingError):
             f"not keeping up, so these decisions were not taken and nothing was logged; retry after "
             f"{retry_after_s} s (Retry-After), and check the broker (`streamrl status`)"
         )
+
+
+class AdminError(ServingError):
+    """An admin call the registry refused: an unknown or broken version, nothing to roll back to."""
+
+    status_code = 409
+
+    def __init__(self, action: str, reason: str) -> None:
+        self.action = action
+        self.reason = reason
+        super().__init__(f"{action} refused: {reason}")

@@ -306,3 +306,24 @@ class ErrorBody(_Record):
     error: str
     message: str
     request_id: str
+
+
+class DeployRequest(_Record):
+    """`POST /v1/admin/deploy`: point the deploy pointer at a registered version."""
+
+    version: NonEmptyStr
+    reason: str = Field("deployed through serving's admin route", max_length=512)
+
+
+class RollbackRequest(_Record):
+    """`POST /v1/admin/rollback`: back to the version deployed before the current one."""
+
+    reason: str = Field("rolled back through serving's admin route", max_length=512)
+
+
+class DeploymentResponse(_Record):
+    """The deploy pointer after an admin call; every worker follows it within its poll interval."""
+
+    deployed: str | None
+    previous: str | None = Field(description="the version deployed before the call")
+    served_here: str | None = Field(description="the version the worker that answered now serves")
