@@ -75,11 +75,22 @@ class RedisOnlineFeatureReader:
 
     def __init__(self, config: FeatureStoreConfig) -> None:
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self.config = config
         host, port, db = config.redis_address
         timeout = getattr(config.online_reader, "socket_timeout_s", 2.0)
-        self._client = redis.Redis(host=host, port=port, db=db, socket_timeout=timeout)
+        # No retries (redis-py's default retries with backoff took 6–8 s per call with Redis down):
+        # one failed call is one failure, and the caller decides what to do without the features.
+        self._client = redis.Redis(
+            host=host,
+            port=port,
+            db=db,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._fields = [_mmh3_field(f"{config.feature_view}:{n}") for n in config.feature_names]
         name = config.entity_name.encode("utf-8")
         self._key_head = struct.pack("<III", 1, _STRING, len(name)) + name

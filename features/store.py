@@ -66,6 +66,7 @@ class RedisReaderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["redis"] = "redis"
+    # Connect and read timeouts; no retries: a caller that cannot wait (serving) falls back at once.
     socket_timeout_s: float = Field(2.0, gt=0)
 
 

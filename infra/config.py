@@ -78,6 +78,7 @@ class ServingSection(_Section):
     # caps on one call (body bytes, features, list items, string chars)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     auth: AuthConfig = Field(default_factory=AuthConfig)  # bearer tokens (off: the local demo)
+    feature_retry_s: float = Field(5.0, gt=0)  # a failed online read: request features only for this long
     seed: int | None = 1234
     workers: int = Field(1, ge=1, le=64)  # serving processes on the port, each hot-swapping on its own
     inference_threads: int = Field(4, ge=1, le=256)

@@ -116,6 +116,7 @@ class Environment:
             max_batch=section.max_batch,
             limits=section.limits,
             auth=section.auth,
+            feature_retry_s=section.feature_retry_s,
             workers=section.workers,
             inference_threads=section.inference_threads,
             decision_queue_size=section.decision_queue_size,

@@ -66,6 +66,10 @@ _COUNTERS = {
         "streamrl_serving_feature_lookup_failures_total",
         "Online feature lookups that failed (served on request features).",
     ),
+    "feature_fallbacks": (
+        "streamrl_serving_feature_fallbacks_total",
+        "Decisions taken on request features only: the online store failed, or its breaker was open.",
+    ),
 }
 
 

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import ActionKind, DecisionEvent
 from serving._auth import AuthMiddleware, load_principals
+from serving._breaker import FeatureBreaker
 from serving._decision_log import DecisionLog
 from serving._kinds import KINDS, Choice, ContinuousSpace
 from serving._limits import BodyLimitMiddleware, check_limits
@@ -134,6 +135,7 @@ class _Runtime:
     rng: np.random.Generator
     rng_lock: threading.Lock
     inference: ThreadPoolExecutor  # feature reads, ONNX calls and the decision hand-off: off the event loop
+    breaker: FeatureBreaker  # skips the online store while it is failing
 
 
 class _MetricsMiddleware:
@@ -350,6 +352,7 @@ def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
         rng=np.random.default_rng(_process_seed(config)),
         rng_lock=threading.Lock(),
         inference=ThreadPoolExecutor(config.inference_threads, thread_name_prefix="streamrl-inference"),
+        breaker=FeatureBreaker(config.feature_retry_s),
     )
 
 
@@ -379,7 +382,11 @@ def _health(runtime: _Runtime) -> HealthStatus:
     canary = served.canary
     reasons = [
         reason
-        for reason in (runtime.holder.last_error, runtime.decision_log.degraded_reason())
+        for reason in (
+            runtime.holder.last_error,
+            runtime.decision_log.degraded_reason(),
+            runtime.breaker.degraded_reason(),
+        )
         if reason is not None
     ]
     version = served.current.version if served.current else _fallback_version(runtime.config)
@@ -399,19 +406,28 @@ def _fallback_version(config: ServingConfig) -> str | None:
 
 
 def _online_features(runtime: _Runtime, entity_ids: list[str]) -> list[dict[str, Any]]:
-    """Latest online features per entity; on a store failure, none (the model treats them as missing)."""
+    """Latest online features per entity; with the store failing (or its breaker open, `serving._breaker`),
+    none: the decision is taken on the request's features, the model treating the others as missing."""
     if runtime.feature_reader is None:
         return [{} for _ in entity_ids]
+    if not runtime.breaker.allow():
+        runtime.metrics.add("feature_fallbacks", len(entity_ids))
+        return [{} for _ in entity_ids]
     try:
-        return runtime.feature_reader.get(entity_ids)
+        found = runtime.feature_reader.get(entity_ids)
     except Exception as exc:
+        runtime.breaker.failed(f"{type(exc).__name__}: {exc}")
         runtime.metrics.add("feature_lookup_failures")
+        runtime.metrics.add("feature_fallbacks", len(entity_ids))
         logger.warning(
-            "online feature lookup failed for %d entities, serving on request features: %s",
+            "online feature lookup failed for %d entities, serving on request features for %g s: %s",
             len(entity_ids),
+            runtime.breaker.open_s,
             exc,
         )
         return [{} for _ in entity_ids]
+    runtime.breaker.succeeded()
+    return found
 
 
 def _merge(online: dict[str, Any], request: dict[str, float | None]) -> dict[str, float | None]:

@@ -118,6 +118,12 @@ class ServingConfig(_Section):
     max_batch: int = Field(256, ge=1, le=10_000)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    feature_retry_s: float = Field(
+        5.0,
+        gt=0.0,
+        description="after an online feature read fails, decide on request features for this long, then try the "
+        "store again (`serving._breaker`)",
+    )
     workers: int = Field(
         1,
         ge=1,
