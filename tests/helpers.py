@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -147,3 +149,19 @@ def write_timeline_partition(rows: Sequence[Mapping[str, Any]], output_dir: Path
     target = timelines_path(output_dir) / f"ds={ds}" / "batch_id=0"
     target.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(data, schema=TIMELINE_SCHEMA), target / "part-0.parquet")
+
+
+def start_serving(config: Any, log_path: Path) -> subprocess.Popen:
+    """`serving.run_server(config)` in its own process (as `streamrl serve` runs it), output to `log_path`."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from serving import ServingConfig, run_server; "
+            "run_server(ServingConfig.model_validate_json(sys.argv[1]))",
+            config.model_dump_json(),
+        ],
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1],
+    )

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from contracts import Topics
 from infra.stack import LocalStack
 from serving import ServingConfig, create_app
 from stream.topics import ensure_topics
-from tests.helpers import free_port, serve_in_thread, stack_config_on_free_ports
+from tests.helpers import free_port, serve_in_thread, stack_config_on_free_ports, start_serving
 from tests.serving._kafka import read_decisions
 from tests.serving.conftest import ACTIONS, register_model
 
@@ -194,19 +193,7 @@ def test_every_worker_hot_swaps_under_load_without_a_failed_request(config, regi
     registry.deploy(v1, reason="first")
     port = free_port()
     served = config.model_copy(update={"workers": 2, "port": port, "poll_interval_s": 0.05})
-    log = (tmp_path / "serving.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from serving import ServingConfig, run_server; "
-            "run_server(ServingConfig.model_validate_json(sys.argv[1]))",
-            served.model_dump_json(),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    process = start_serving(served, tmp_path / "serving.log")
     url = f"http://127.0.0.1:{port}"
     statuses: list[int] = []
     versions: list[str] = []
