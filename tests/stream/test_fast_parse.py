@@ -10,6 +10,8 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stream._fast_parse import DECISIONS, REWARDS, fast_parse
 from stream._parse import KIND_DEAD, make_batch_parser, parse_record
@@ -298,3 +300,50 @@ def test_the_fast_path_takes_the_usual_records_and_leaves_the_rest() -> None:
     _, accepted = fast_parse(pa.array([p.decode() for p in rewards]), REWARDS, {"click": 1.0})
     assert accepted[:10].all() and accepted.sum() >= 210
     assert not accepted[10:29].any()  # the bad ones are pydantic's to name
+
+
+# --- property-based: any batch of payloads, however broken ---------------------------------------
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
+    max_leaves=8,
+)
+_DECISION_KEYS = [*_decision(), "extra"]
+_REWARD_KEYS = [*_reward(), "extra"]
+
+
+def _edited(base, keys: list[str]) -> st.SearchStrategy[bytes]:
+    """A valid event with up to 3 keys replaced by any JSON value, dropped, or added, as JSON bytes."""
+    edits = st.dictionaries(st.sampled_from(keys), _JSON | st.just(_DROP), max_size=3)
+    return edits.map(lambda changes: json.dumps(base(**changes)).encode())
+
+
+_RECORDS = st.lists(
+    st.one_of(
+        st.tuples(st.just(D), _edited(_decision, _DECISION_KEYS)),
+        st.tuples(st.just(R), _edited(_reward, _REWARD_KEYS)),
+        st.tuples(st.sampled_from([D, R, "elsewhere"]), st.binary(max_size=64)),
+        st.tuples(st.sampled_from([D, R]), _JSON.map(lambda v: json.dumps(v).encode())),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=_RECORDS)
+def test_no_batch_of_payloads_crashes_the_parser_and_each_bad_one_is_a_dead_letter(records) -> None:
+    parsed = make_batch_parser(D, R)(_table(records)).to_pylist()
+    assert len(parsed) == len(records)
+    for offset, ((topic, value), row) in enumerate(zip(records, parsed, strict=True)):
+        expected = parse_record(topic, value, D, R)
+        assert row["src_offset"] == offset and row["src_topic"] == topic
+        assert row["kind"] == expected["kind"], (value, expected.get("reason"))
+        if row["kind"] == KIND_DEAD:
+            assert row["reason"], value  # a reason for every dead letter
+            assert row["payload"] == value.decode("utf-8", errors="replace")  # and the payload as sent
+        else:
+            for name, want in expected.items():
+                assert _comparable(row[name]) == _comparable(want), (name, value)
