@@ -90,6 +90,7 @@ class RedisOnlineFeatureReader:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
+            **config.redis_credentials(),
         )
         self._fields = [_mmh3_field(f"{config.feature_view}:{n}") for n in config.feature_names]
         name = config.entity_name.encode("utf-8")
@@ -188,7 +189,7 @@ def _online_summary(config: FeatureStoreConfig, scan_limit: int) -> tuple[int, d
     from google.protobuf.timestamp_pb2 import Timestamp
 
     host, port, db = config.redis_address
-    client = redis.Redis(host=host, port=port, db=db, socket_timeout=5.0)
+    client = redis.Redis(host=host, port=port, db=db, socket_timeout=5.0, **config.redis_credentials())
     ts_field = f"_ts:{config.feature_view}".encode()
     pattern = b"*" + config.project.encode("utf-8")
     try:

@@ -10,6 +10,7 @@ Missing values are pushed as NaN and read back as `None` (never a sentinel).
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from datetime import timedelta
@@ -92,6 +93,15 @@ class FeatureStoreConfig(BaseModel):
     ttl_s: int = Field(7 * 24 * 3600, gt=0, description="how far back the point-in-time join looks")
     online_key_ttl_s: int | None = Field(None, gt=0, description="Redis expiry of an entity's features")
     online_reader: OnlineReaderConfig = Field(default_factory=FeastReaderConfig)
+    redis_username: str | None = Field(
+        None, min_length=1, description="Redis ACL user (None: the default user)"
+    )
+    redis_password_env: str | None = Field(
+        None,
+        min_length=1,
+        description="name of the environment variable holding the Redis password (never the password itself: "
+        "Feast's repo file gets ${NAME}, expanded when Feast loads it)",
+    )
 
     @field_validator("redis_connection")
     @classmethod
@@ -137,6 +147,20 @@ class FeatureStoreConfig(BaseModel):
                 db = int(value)
         return host, int(port), db
 
+    def redis_credentials(self) -> dict[str, str]:
+        """`username`/`password` keyword arguments for redis.Redis: none without `redis_password_env`."""
+        out = {} if self.redis_username is None else {"username": self.redis_username}
+        if self.redis_password_env is not None:
+            password = os.environ.get(self.redis_password_env)
+            if not password:
+                raise FeatureStoreError(
+                    f"the online store's password is read from the environment variable {self.redis_password_env} "
+                    "(feature_store.redis_password_env), which is not set",
+                    store="redis",
+                )
+            out["password"] = password
+        return out
+
     @property
     def offline_path(self) -> Path:
         """The parquet file behind the feature view's batch source."""
@@ -151,7 +175,14 @@ def _check_redis(config: FeatureStoreConfig) -> None:
     import redis
 
     host, port, db = config.redis_address
-    client = redis.Redis(host=host, port=port, db=db, socket_connect_timeout=2.0, socket_timeout=2.0)
+    client = redis.Redis(
+        host=host,
+        port=port,
+        db=db,
+        socket_connect_timeout=2.0,
+        socket_timeout=2.0,
+        **config.redis_credentials(),
+    )
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -167,7 +198,12 @@ def _check_redis(config: FeatureStoreConfig) -> None:
 def _repo_yaml(config: FeatureStoreConfig) -> str:
     import yaml
 
-    online: dict[str, Any] = {"type": "redis", "connection_string": config.redis_connection}
+    connection = config.redis_connection
+    if config.redis_username is not None:
+        connection += f",username={config.redis_username}"
+    if config.redis_password_env is not None:  # Feast expands ${NAME} when it loads the file
+        connection += f",password=${{{config.redis_password_env}}}"
+    online: dict[str, Any] = {"type": "redis", "connection_string": connection}
     if config.online_key_ttl_s is not None:
         online["key_ttl_seconds"] = config.online_key_ttl_s
     document = {

@@ -93,6 +93,7 @@ class Environment:
             repo_dir=self.run_dir / "feature_repo",
             project=section.project,
             redis_connection=f"{stack.host}:{stack.redis_port}",
+            redis_password_env=stack.redis_password_env,
             offline_dir=self.run_dir / "offline_features",
             feature_view=section.feature_view,
             push_source=f"{section.feature_view}_push",

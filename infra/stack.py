@@ -29,7 +29,7 @@ from tenacity import (
 )
 
 from contracts import StreamrlError
-from infra.stack_config import BrokerStorage, StackConfig
+from infra.stack_config import BrokerStorage, StackConfig, StackConfigError
 
 LOG_TAIL_LINES = 20
 _POLL_S = 0.2
@@ -174,8 +174,12 @@ class LocalStack:
         conf = self.state_dir / "redis.conf"
         durable = cfg.broker_storage is BrokerStorage.S3
 
+        password = _redis_password(cfg)
+
         def write_config() -> None:
             data_dir.mkdir(parents=True, exist_ok=True)
+            conf.touch(mode=0o600)  # it may hold the password: readable by this user only
+            conf.chmod(0o600)
             conf.write_text(
                 "# written by streamrl (infra/stack.py); regenerated on every `streamrl stack up`\n"
                 f"port {cfg.redis_port}\n"
@@ -186,6 +190,7 @@ class LocalStack:
                 f'dir "{data_dir}"\n'
                 'save ""\n'
                 f"appendonly {'yes' if durable else 'no'}\n"
+                + (f'requirepass "{password}"\n' if password else "")
             )
 
         return _Service(
@@ -193,7 +198,7 @@ class LocalStack:
             argv=[_require_binary("redis-server", "apt-get install -y redis-server"), str(conf)],
             ports=[cfg.redis_port],
             address=f"{cfg.host}:{cfg.redis_port}",
-            health=lambda: _redis_ping(cfg.host, cfg.redis_port),
+            health=lambda: _redis_ping(cfg.host, cfg.redis_port, password),
             prepare=write_config,
         )
 
@@ -421,10 +426,29 @@ def _passes(check: Callable[[], None]) -> bool:
     return True
 
 
-def _redis_ping(host: str, port: int) -> None:
+def _redis_password(cfg: StackConfig) -> str | None:
+    """The local Redis's password from `cfg.redis_password_env`; an error when that variable is unset."""
+    if cfg.redis_password_env is None:
+        return None
+    password = os.environ.get(cfg.redis_password_env)
+    if not password:
+        raise StackConfigError(
+            f"stack.redis_password_env names {cfg.redis_password_env}, which is not set: export the Redis "
+            "password there, or drop the setting to run Redis without one"
+        )
+    if any(c in password for c in '"\\\n'):
+        raise StackConfigError(
+            f"the Redis password in {cfg.redis_password_env} must not hold quotes, backslashes or newlines"
+        )
+    return password
+
+
+def _redis_ping(host: str, port: int, password: str | None = None) -> None:
     import redis
 
-    client = redis.Redis(host=host, port=port, socket_timeout=1.0, socket_connect_timeout=1.0)
+    client = redis.Redis(
+        host=host, port=port, socket_timeout=1.0, socket_connect_timeout=1.0, password=password
+    )
     try:
         if not client.ping():
             raise ConnectionError(f"redis at {host}:{port} did not answer PING")

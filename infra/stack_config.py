@@ -61,6 +61,9 @@ class StackConfig(BaseModel):
     # Local development credentials for the local S3 store; override from the environment.
     s3_access_key_id: str = "streamrl"
     s3_secret_access_key: str = "streamrl-local-secret"
+    # The environment variable holding the local Redis's password (requirepass); None: no password.
+    # The feature store's clients read the same variable (`feature_store.redis_password_env`).
+    redis_password_env: str | None = Field(default=None, min_length=1)
     startup_timeout_s: float = Field(default=30.0, gt=0)
     stop_timeout_s: float = Field(default=10.0, gt=0)
 
