@@ -85,7 +85,6 @@ _ROUTES = ("/act", "/act/batch", "/decisions", "/decisions/batch")
 _ENDPOINTS = frozenset({*(f"/v1{route}" for route in _ROUTES), "/healthz", "/metrics"})
 _APP_PREFIX = re.compile(r"^/v1/apps/[^/]+/")
 _KIND_TAGS = frozenset(kind.value for kind in ActionKind)
-# Declared error bodies of the decision endpoints (every error is an `ErrorBody`).
 # The `error` of an ErrorBody for the HTTP errors Starlette raises itself.
 _HTTP_ERRORS = {404: "NotFound", 405: "MethodNotAllowed"}
 
@@ -99,8 +98,11 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "The body does not fit its schema."},
 }
 
+# Declared error bodies of the decision endpoints (every error is an `ErrorBody`).
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "The body is not valid JSON."},
+    401: {"model": ErrorBody, "description": "No valid bearer token (serving.auth on)."},
+    403: {"model": ErrorBody, "description": "The token lacks the act scope."},
     422: {
         "model": ErrorBody,
         "description": "The request does not fit its schema or the served model: wrong action_kind, "
