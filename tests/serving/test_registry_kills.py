@@ -51,7 +51,7 @@ def test_registry_survives_refreshes_killed_at_random_points(tmp_path: Path) -> 
     registry = ModelRegistry(tmp_path / "registry")
     rng = np.random.default_rng(5)
     partial = 0
-    for round_ in range(6):
+    for round_ in range(4):
         process = subprocess.Popen(
             [sys.executable, "-c", _REFRESHER, str(registry.root), str(ROOT), str(1000 * round_)],
             stdout=subprocess.PIPE,

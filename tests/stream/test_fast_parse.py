@@ -332,7 +332,7 @@ _RECORDS = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=_RECORDS)
 def test_no_batch_of_payloads_crashes_the_parser_and_each_bad_one_is_a_dead_letter(records) -> None:
     parsed = make_batch_parser(D, R)(_table(records)).to_pylist()
