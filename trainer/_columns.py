@@ -113,9 +113,7 @@ def feature_matrix(column: Any, feature_names: Sequence[str]) -> np.ndarray:
     if dense is not None:  # every row holds the same keys in the same order
         codes, numbers = dense
         known = codes >= 0
-        if (
-            len(codes) == width and (codes == np.arange(width)).all()
-        ):  # the spec's order: NaN is missing anyway
+        if len(codes) == width and (codes == np.arange(width)).all():  # the spec's order; NaN = missing
             return numbers.astype(np.float32)
     matrix = np.full((n_rows, width), np.nan, dtype=np.float32)
     if n_rows == 0 or width == 0:
@@ -185,6 +183,11 @@ def name_mask(column: Any, names: Sequence[str]) -> NameMask:
     mask = np.zeros((len(lists), len(names)), dtype=np.float32)
     if len(lists) == 0:
         return NameMask(mask, {})
+    same = _same_names(lists, names)
+    if same is not None:  # every non-empty row lists the same known names in the same order
+        rows, codes = same
+        mask[np.ix_(rows, codes)] = 1.0
+        return NameMask(mask, {})
     flat = _flatten(lists)
     items = flat.items.type
     entries = (
@@ -199,6 +202,24 @@ def name_mask(column: Any, names: Sequence[str]) -> NameMask:
     known = codes >= 0
     mask[flat.parents[known], codes[known]] = 1.0
     return NameMask(mask, _unknown_rows(entries, codes, flat.parents))
+
+
+def _same_names(lists: pa.Array, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the non-empty rows, the codes of their names) when each lists the first one's known names in
+    order and the rest are empty (terminal rows' next actions); None otherwise."""
+    if lists.null_count:
+        return None
+    offsets = lists.offsets.to_numpy()
+    spans = np.diff(offsets)
+    width = int(spans.max())
+    full = spans == width
+    if width == 0 or not (full | (spans == 0)).all():
+        return None
+    items = lists.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    codes = _repeated_key_codes(items, int(full.sum()), names)
+    if codes is None or (codes < 0).any() or np.unique(codes).size != codes.size:
+        return None
+    return np.flatnonzero(full), codes
 
 
 def _small_name_mask(lists: list[Any], names: Sequence[str]) -> NameMask | None:

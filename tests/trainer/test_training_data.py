@@ -241,6 +241,22 @@ def test_a_few_python_lists_mask_as_arrow_columns_do() -> None:
         }
 
 
+def test_rows_listing_the_same_names_or_none_mask_by_one_template() -> None:
+    # next actions as timelines hold them: the same list in every row, empty at terminal rows
+    lists = [["b", "a"], [], ["b", "a"], ["b", "a"], []]
+    expected = np.array([[1, 1, 0], [0, 0, 0], [1, 1, 0], [1, 1, 0], [0, 0, 0]], np.float32)
+    plain = pa.array(lists, pa.list_(pa.string()))
+    coded = pa.ListArray.from_arrays(plain.offsets, plain.values.dictionary_encode())
+    for given in (plain, coded):
+        names = name_mask(given, ["a", "b", "c"])
+        np.testing.assert_array_equal(names.mask, expected)
+        assert names.unknown == {}
+    # the same shape with a name outside the vocabulary still reports it, row by row
+    unknown = name_mask(pa.array([["b", "zz"], [], ["b", "zz"]], pa.list_(pa.string())), ["a", "b"])
+    np.testing.assert_array_equal(unknown.mask, [[0, 1], [0, 0], [0, 1]])
+    assert unknown.unknown == {"zz": [0, 2]}
+
+
 def test_streamrl_train_reads_batches_when_the_run_config_says_so(tmp_path: Path) -> None:
     timelines = make_bandit_timelines(300, seed=3)
     write_timelines(timelines, tmp_path / "stream")
