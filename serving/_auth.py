@@ -15,7 +15,6 @@ import hmac
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.config import AuthConfig
 from serving.errors import ServingError
-from serving.schemas import ErrorBody
+from serving.schemas import send_error_body
 
 ScopeName = Literal["act", "admin"]
 
@@ -149,9 +148,5 @@ class AuthMiddleware:
 
 
 async def _refuse(send: Send, status: int, error: str, message: str) -> None:
-    body = ErrorBody(error=error, message=message, request_id=str(uuid.uuid4())).model_dump_json().encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    headers = ((b"www-authenticate", b"Bearer"),) if status == 401 else ()
+    await send_error_body(send, status, error, message, headers)

@@ -13,7 +13,6 @@ received pass the limit (a body within it is handed on as received).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import RequestLimits
 from serving.errors import RequestLimitError
-from serving.schemas import ErrorBody
+from serving.schemas import send_error_body
 
 
 def check_limits(request: BaseModel, limits: RequestLimits, prefix: str = "") -> None:
@@ -100,15 +99,8 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, send: Send, length: int | None) -> None:
         what = f"has {length} bytes" if length is not None else "runs past that"
-        error = ErrorBody(
-            error="RequestTooLarge",
-            message=(
-                f"the request body {what}: serving.limits.max_body_bytes allows {self.max_body_bytes} bytes; "
-                "send fewer decisions per call, or raise the limit in the environment file"
-            ),
-            request_id=str(uuid.uuid4()),
+        message = (
+            f"the request body {what}: serving.limits.max_body_bytes allows {self.max_body_bytes} bytes; "
+            "send fewer decisions per call, or raise the limit in the environment file"
         )
-        body = error.model_dump_json().encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error_body(send, 413, "RequestTooLarge", message)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -306,6 +307,20 @@ class ErrorBody(_Record):
     error: str
     message: str
     request_id: str
+
+
+async def send_error_body(
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    status: int,
+    error: str,
+    message: str,
+    headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
+    """Answer with an `ErrorBody` straight over ASGI (for middleware that refuses before the app runs)."""
+    body = ErrorBody(error=error, message=message, request_id=str(uuid.uuid4())).model_dump_json().encode()
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": body})
 
 
 class DeployRequest(_Record):
