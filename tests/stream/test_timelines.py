@@ -6,16 +6,20 @@ Windows are short (attribution 1 s, idle 1 s, trigger 0.5 s) so MDPs close withi
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import confluent_kafka
 import pytest
 from kafka import KafkaProducer
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
 from contracts import DecisionEvent, RewardEvent, Topics
-from stream import StreamConfig, load_timelines, start_timeline_query
+from stream import EventLogger, StreamConfig, load_timelines, start_timeline_query
 from stream.kafka_source import KafkaStreamReader
 from tests.helpers import consume_all
 
@@ -272,3 +276,73 @@ def test_source_rejects_missing_options(bad):
 
     with pytest.raises(KafkaSourceError, match="option"):
         KafkaEventSource({"bootstrap_servers": bad, "topics": ""}).streamReader(None)
+
+
+def _kcat(bootstrap: str, topic: str, lines: list[str], libdir: Path) -> None:
+    """Produce `key:value` lines with kcat, on the librdkafka confluent-kafka ships (Debian's 2.0.2
+    cannot read Tansu's ApiVersions answer; see docs/faults.md)."""
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is not installed: `make install` installs it (apt-get install kcat)"
+    wheel_lib = next(
+        (Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs").glob("librdkafka*")
+    )
+    (libdir / "librdkafka.so.1").unlink(missing_ok=True)
+    (libdir / "librdkafka.so.1").symlink_to(wheel_lib)
+    done = subprocess.run(
+        [kcat, "-P", "-b", bootstrap, "-t", topic, "-K", ":"],
+        input="\n".join(lines) + "\n",
+        text=True,
+        capture_output=True,
+        env={**os.environ, "LD_LIBRARY_PATH": str(libdir)},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0 and "ERROR" not in done.stderr, done.stderr
+
+
+def test_kcat_confluent_kafka_and_kafka_python_events_all_become_rows(local_stack, topics, spark, tmp_path):
+    """Apps log with whichever client they use: the same events through kcat (librdkafka's CLI),
+    confluent-kafka (the EventLogger) and kafka-python become one timeline row each."""
+    bootstrap = local_stack.bootstrap_servers
+    by_client = {"kcat": [], "confluent": [], "python": []}
+    for client in by_client:
+        for m in range(5):
+            for seq in range(2):
+                by_client[client].append(_decision(f"{client}{m}", seq))
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    _kcat(
+        bootstrap,
+        topics.decisions,
+        [f"{d.mdp_id}:{d.to_json_bytes().decode()}" for d in by_client["kcat"]],
+        libdir,
+    )
+    rewards = [_reward(d.request_id, 0.1, 1.0) for d in by_client["kcat"]]
+    _kcat(
+        bootstrap, topics.rewards, [f"{r.request_id}:{r.to_json_bytes().decode()}" for r in rewards], libdir
+    )
+    with EventLogger(bootstrap, topics) as events:
+        for d in by_client["confluent"]:
+            events.log_decision(d)
+            events.log_reward(_reward(d.request_id, 0.1, 2.0))
+        events.flush(timeout_s=10)
+    p = _Producer(bootstrap, topics)
+    for d in by_client["python"]:
+        p.decision(d, key=d.mdp_id)
+        p.reward(_reward(d.request_id, 0.1, 3.0))
+    p.flush()
+
+    config = _config(tmp_path)
+    query = start_timeline_query(spark, config, bootstrap, topics)
+    try:
+        frame = _wait_for_rows(config.output_dir, 30)
+        time.sleep(1.0)
+    finally:
+        _stop(query)
+    frame = load_timelines(config.output_dir)
+    assert len(frame) == 30 and not frame.duplicated(["mdp_id", "sequence_number"]).any()
+    for client, reward in (("kcat", 1.0), ("confluent", 2.0), ("python", 3.0)):
+        rows = frame[frame["mdp_id"].str.startswith(client)]
+        assert sorted(rows["request_id"]) == sorted(d.request_id for d in by_client[client]), client
+        assert (rows["reward"] == reward).all(), client
+    assert consume_all(bootstrap, topics.dead_letters) == []
