@@ -10,6 +10,7 @@ from contracts.events import (
     Topics,
     reward_value,
 )
+from contracts.kafka import KafkaSecurity, KafkaSecurityError
 
 __all__ = [
     "KIND_COLUMNS",
@@ -17,6 +18,8 @@ __all__ = [
     "DEFAULT_TOPICS",
     "DeadLetterRecord",
     "DecisionEvent",
+    "KafkaSecurity",
+    "KafkaSecurityError",
     "RewardEvent",
     "StreamrlError",
     "Topics",

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from contracts import DecisionEvent, Topics
+from contracts.kafka import PLAINTEXT, KafkaSecurity
 from features.store import (
     EVENT_TIMESTAMP,
     FeatureStoreConfig,
@@ -70,6 +71,7 @@ def run_online_ingest(
     offline: bool = True,
     push_retries: int = 3,
     stats: IngestStats | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> IngestStats:
     """Consume decisions until `stop` is set, pushing the latest context per entity each batch.
 
@@ -89,6 +91,7 @@ def run_online_ingest(
         session_timeout_ms=6000,
         heartbeat_interval_ms=2000,
         max_poll_records=batch_size,
+        **security.client_settings("kafka_python"),
     )
     try:
         while not stop.is_set():

@@ -257,7 +257,7 @@ def up(
             for process in reversed(alive):
                 _stop(process)
         recorded.write_text(_manifest_yaml(manifest))
-        ensure_topics(env.bootstrap_servers, env.config.topics)
+        ensure_topics(env.bootstrap_servers, env.config.topics, security=env.kafka_security)
         from features import build_feature_store
 
         build_feature_store(env.feature_store_config())
@@ -490,19 +490,22 @@ def _stream_lag(env: Environment) -> int | None:
         lines = (offsets_dir / str(batches[0])).read_text().splitlines()
         with contextlib.suppress(ValueError, IndexError):
             committed = json.loads(lines[-1]).get("partitions", {})
-    ends = _high_watermarks(env.bootstrap_servers, [env.config.topics.decisions, env.config.topics.rewards])
+    ends = _high_watermarks(env, [env.config.topics.decisions, env.config.topics.rewards])
     if ends is None:
         return None
     return sum(max(end - committed.get(key, 0), 0) for key, end in ends.items())
 
 
-def _high_watermarks(bootstrap: str, topics: list[str], timeout_s: float = 5.0) -> dict[str, int] | None:
+def _high_watermarks(env: Environment, topics: list[str], timeout_s: float = 5.0) -> dict[str, int] | None:
     """`topic:partition` → end offset, from fetch responses (the local broker's ListOffsets is wrong)."""
     from kafka import KafkaConsumer, TopicPartition
 
     try:
         consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=500
+            bootstrap_servers=env.bootstrap_servers,
+            enable_auto_commit=False,
+            consumer_timeout_ms=500,
+            **env.kafka_security.client_settings("kafka_python"),
         )
     except Exception:  # noqa: BLE001 - the broker is down: lag unknown
         return None
@@ -537,6 +540,7 @@ def _dead_letters(env: Environment, window: timedelta, limit: int = 100_000) -> 
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             consumer_timeout_ms=1500,
+            **env.kafka_security.client_settings("kafka_python"),
         )
     except Exception:  # noqa: BLE001 - the broker is down
         return {}

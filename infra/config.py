@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contracts import DEFAULT_TOPICS, ActionKind, StreamrlError, Topics
+from contracts import DEFAULT_TOPICS, ActionKind, KafkaSecurity, StreamrlError, Topics
 from contracts.config_file import read_yaml_mapping, validation_error
 from evaluation.config import EvaluationConfig
 from features.identify import NormalizationConfig
@@ -140,6 +140,8 @@ class StreamrlConfig(_Section):
     # Where each app of `streamrl up` lives: <apps_dir>/<app>/ (timelines, registry, reports, logs).
     apps_dir: Path = Path("runs/apps")
     stack: StackConfig = Field(default_factory=StackConfig)
+    # How every Kafka client (decision log, stream, ingest, monitor, status) authenticates.
+    kafka: KafkaSecurity = Field(default_factory=KafkaSecurity)
     topics: Topics = DEFAULT_TOPICS
     stream: StreamSection = Field(default_factory=StreamSection)
     normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)

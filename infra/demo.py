@@ -292,7 +292,9 @@ def _check_app_is_free(
 
     from stream.topics import topic_names
 
-    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+    admin = KafkaAdminClient(
+        bootstrap_servers=stack.bootstrap_servers, **config.kafka.client_settings("kafka_python")
+    )
     try:
         left = sorted(set(topic_names(manifest.topics)) & set(admin.list_topics()))
         if not left:

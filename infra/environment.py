@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from contracts import StreamrlError
+from contracts import KafkaSecurity, StreamrlError
 from evaluation.config import GateConfig
 from features import FeatureStoreConfig
 from infra.config import StreamrlConfig
@@ -66,6 +66,10 @@ class Environment:
     def bootstrap_servers(self) -> str:
         return self.config.stack.bootstrap_servers
 
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        return self.config.kafka
+
     # --- stage configs ------------------------------------------------------------------------
     def stream_config(self) -> StreamConfig:
         section = self.config.stream
@@ -111,6 +115,7 @@ class Environment:
             registry_root=self.registry_dir,
             poll_interval_s=section.poll_interval_s,
             bootstrap_servers=self.bootstrap_servers,
+            kafka_security=self.kafka_security,
             topics=self.config.topics,
             feature_store=self.feature_store_config() if self.config.feature_store.feature_names else None,
             seed=section.seed,
@@ -138,6 +143,7 @@ class Environment:
         return MonitoringConfig(
             app_id="streamrl-monitor" if self.app is None else f"streamrl-monitor-{self.app}",
             bootstrap_servers=self.bootstrap_servers,
+            kafka_security=self.kafka_security,
             topics=self.config.topics,
             window_s=section.window_s,
             web_port=section.web_port,

@@ -33,7 +33,7 @@ from typing import Any
 import faust
 from pydantic import ValidationError
 
-from contracts import DecisionEvent, RewardEvent, reward_value
+from contracts import DecisionEvent, KafkaSecurity, RewardEvent, reward_value
 from monitoring.config import MonitoringConfig
 from monitoring.metrics import DECISION_DIGEST, DecisionDigest, VersionWindows, digest_decision
 
@@ -60,6 +60,19 @@ def _broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
 
 
+def _credentials(security: KafkaSecurity) -> faust.types.auth.CredentialsT | None:
+    """Faust's credentials object for the same settings every other client reads."""
+    if security.sasl:
+        return faust.SASLCredentials(
+            username=security.username,
+            password=security.password(),
+            mechanism=security.sasl_mechanism.value,
+            ssl_context=security.ssl_context(),
+        )
+    context = security.ssl_context()
+    return None if context is None else faust.SSLCredentials(context)
+
+
 def _decision_digest(item: dict[str, Any]) -> DecisionDigest:
     """The digest an ingest agent sent; items queued by an older worker carry a discrete choice."""
     if "decision" not in item:
@@ -75,6 +88,7 @@ def create_app(config: MonitoringConfig) -> faust.App:
     app = faust.App(
         app_id,
         broker=_broker_urls(config.bootstrap_servers),
+        broker_credentials=_credentials(config.kafka_security),
         store="memory://",
         autodiscover=False,
         processing_guarantee="at_least_once",

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contracts import DEFAULT_TOPICS, Topics
+from contracts import DEFAULT_TOPICS, KafkaSecurity, Topics
 
 
 class MonitoringConfig(BaseModel):
@@ -18,6 +18,7 @@ class MonitoringConfig(BaseModel):
     schema_version: Literal[1] = 1
     app_id: str = Field(default="streamrl-monitor", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     bootstrap_servers: str = Field(min_length=1)
+    kafka_security: KafkaSecurity = Field(default_factory=KafkaSecurity)
     topics: Topics = DEFAULT_TOPICS
     window_s: int = Field(default=60, gt=0)
     allowed_lateness_s: float = Field(default=10.0, ge=0)

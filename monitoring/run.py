@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from tabulate import tabulate
 
 from contracts import ActionKind
+from contracts.kafka import PLAINTEXT, KafkaSecurity
 from monitoring.app import create_app
 from monitoring.config import MonitoringConfig
 from monitoring.errors import MonitoringError
@@ -53,7 +54,11 @@ def load_config(path: Path) -> MonitoringConfig:
 
 
 def tail_metrics(
-    bootstrap_servers: str, topic: str, follow: bool = False, timeout_s: float = 10.0
+    bootstrap_servers: str,
+    topic: str,
+    follow: bool = False,
+    timeout_s: float = 10.0,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> Iterator[MetricsWindow]:
     """Yield every `MetricsWindow` on `topic` from the beginning; with `follow`, keep waiting for more.
 
@@ -67,6 +72,7 @@ def tail_metrics(
             group_id=None,
             enable_auto_commit=False,
             consumer_timeout_ms=1000,
+            **security.client_settings("kafka_python"),
         )
     except KafkaError as exc:
         raise MonitoringError(

@@ -317,7 +317,7 @@ def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
         continuous_actions=config.continuous_actions,
     )
     try:
-        event_logger = EventLogger(config.bootstrap_servers, config.topics)
+        event_logger = EventLogger(config.bootstrap_servers, config.topics, security=config.kafka_security)
     except Exception as exc:
         raise ServingStartupError(
             f"cannot open the decision log on brokers {config.bootstrap_servers!r} "

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from contracts import DEFAULT_TOPICS, ActionKind, Topics
+from contracts import DEFAULT_TOPICS, ActionKind, KafkaSecurity, Topics
 from features import FeatureStoreConfig
 
 NonEmptyStr = Annotated[str, Field(min_length=1, max_length=512)]
@@ -110,6 +110,9 @@ class ServingConfig(_Section):
     registry_root: Path
     poll_interval_s: float = Field(2.0, gt=0.0, description="how often the deploy pointer is checked")
     bootstrap_servers: str = Field(min_length=1)
+    kafka_security: KafkaSecurity = Field(
+        default_factory=KafkaSecurity, description="how the decision log authenticates to the brokers"
+    )
     topics: Topics = DEFAULT_TOPICS
     feature_store: FeatureStoreConfig | None = Field(
         None, description="online feature lookup per entity; None serves on request features only"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +34,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from contracts import StreamrlError
+from contracts import KafkaSecurity, StreamrlError
 
 SOURCE_NAME = "streamrl_kafka"
 
@@ -74,6 +74,9 @@ class KafkaRange(InputPartition):
     start: int
     end: int
     poll_timeout_ms: int
+    # librdkafka security settings resolved on the driver (the password included): executors need
+    # not see the variable or file that holds it. Left out of the repr, so never logged.
+    client_settings: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def _tp_key(topic: str, partition: int) -> str:
@@ -108,6 +111,8 @@ class KafkaStreamReader(DataSourceStreamReader):
         max_rows = int(options.get("max_rows_per_batch", "0") or 0)
         self.max_rows_per_batch = max_rows if max_rows > 0 else None
         self.poll_timeout_ms = int(options.get("poll_timeout_ms", "10000"))
+        self.security = KafkaSecurity.model_validate_json(options.get("kafka_security") or "{}")
+        self._client_settings = tuple(self.security.client_settings("confluent").items())
         self.parse = _parse_options(options)
         self._consumer: Any = None
 
@@ -123,6 +128,7 @@ class KafkaStreamReader(DataSourceStreamReader):
                     max_partition_fetch_bytes=1024,
                     fetch_max_wait_ms=50,
                     **_CONSUMER_DEFAULTS,
+                    **self.security.client_settings("kafka_python"),
                 )
             except Exception as exc:  # kafka-python raises several unrelated types here
                 raise KafkaSourceError(
@@ -208,7 +214,15 @@ class KafkaStreamReader(DataSourceStreamReader):
             if stop > begin:
                 topic, partition = _split_tp_key(key)
                 ranges.append(
-                    KafkaRange(self.bootstrap_servers, topic, partition, begin, stop, self.poll_timeout_ms)
+                    KafkaRange(
+                        self.bootstrap_servers,
+                        topic,
+                        partition,
+                        begin,
+                        stop,
+                        self.poll_timeout_ms,
+                        self._client_settings,
+                    )
                 )
         return ranges
 
@@ -293,6 +307,7 @@ def read_range_arrow(part: KafkaRange, *, timestamps: bool = True) -> Iterator[p
             "queued.min.messages": 200_000,
             "fetch.wait.max.ms": 50,
         }
+        | dict(part.client_settings)
     )
     try:
         consumer.assign([TopicPartition(part.topic, part.partition, part.start)])
@@ -353,7 +368,8 @@ def _parse_options(options: dict[str, str]) -> tuple[str, str, dict[str, float] 
 
 class KafkaEventSource(DataSource):
     """`spark.readStream.format("streamrl_kafka")`: options `bootstrap_servers`, `topics` (comma
-    list), optional `max_rows_per_batch` and `poll_timeout_ms`.
+    list), optional `max_rows_per_batch`, `poll_timeout_ms` and `kafka_security` (a
+    `KafkaSecurity` as JSON: it names where the password is, never the password).
 
     With `parse_events_decisions` and `parse_events_rewards` (topic names; optional
     `parse_events_reward_metrics`, JSON weights) the source validates the records as it reads them

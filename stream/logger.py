@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from pydantic import BaseModel, ValidationError
 
 from contracts import DEFAULT_TOPICS, DecisionEvent, RewardEvent, StreamrlError, Topics
+from contracts.kafka import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class EventLogger:
         delivery_timeout_s: float = 30.0,
         metadata_timeout_s: float = 5.0,
         linger_ms: int = 5,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         request_timeout_ms = min(10_000, int(delivery_timeout_s * 1000) - linger_ms)
         if request_timeout_ms <= 0:
@@ -118,6 +120,7 @@ class EventLogger:
                 "error_cb": _log_client_error,
                 "logger": log,
             }
+            | security.client_settings("confluent")
         )
         self._lock = threading.Lock()
         self._ids = itertools.count()

@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from contracts import DeadLetterRecord, StreamrlError, Topics
+from contracts import DeadLetterRecord, KafkaSecurity, StreamrlError, Topics
+from contracts.kafka import PLAINTEXT
 from stream._batch_passes import BatchOutcome, BatchRules, advance_timelines
 from stream._layout import timelines_path
 from stream._parse import unpack_parsed
@@ -56,7 +57,9 @@ class DeadLetterError(StreamrlError):
         self.count = count
 
 
-def _send_dead_letters(rows: list[dict[str, Any]], bootstrap_servers: str, topic: str, clock_ms: int) -> None:
+def _send_dead_letters(
+    rows: list[dict[str, Any]], bootstrap_servers: str, topic: str, clock_ms: int, security: KafkaSecurity
+) -> None:
     """Deliver dead letters (at least once; keyed by source position so readers can dedupe)."""
     if not rows:
         return
@@ -70,6 +73,7 @@ def _send_dead_letters(rows: list[dict[str, Any]], bootstrap_servers: str, topic
             "acks": "all",
             "linger.ms": 5,
         }
+        | security.client_settings("confluent")
     )
     failed: list[str] = []
 
@@ -163,8 +167,10 @@ class TimelineBatchProcessor:
         bootstrap_servers: str,
         topics: Topics,
         on_batch: Callable[[BatchStats], None] | None = None,
+        security: KafkaSecurity = PLAINTEXT,
     ) -> None:
         self.config = config
+        self.security = security
         self.on_batch = on_batch
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
@@ -208,7 +214,11 @@ class TimelineBatchProcessor:
         seconds["write"] = time.perf_counter() - tick
         tick = time.perf_counter()
         _send_dead_letters(
-            outcome.dead_letters.to_pylist(), self.bootstrap_servers, self.topics.dead_letters, clock_ms
+            outcome.dead_letters.to_pylist(),
+            self.bootstrap_servers,
+            self.topics.dead_letters,
+            clock_ms,
+            self.security,
         )
         seconds["dead_letters"] = time.perf_counter() - tick
         tick = time.perf_counter()
@@ -276,6 +286,7 @@ def start_timeline_query(
     topics: Topics,
     *,
     on_batch: Callable[[BatchStats], None] | None = None,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> StreamingQuery:
     """Start the timeline job; restarting with the same checkpoint_dir resumes exactly once.
 
@@ -289,12 +300,15 @@ def start_timeline_query(
         .option("topics", f"{topics.decisions},{topics.rewards}")
         .option("parse_events_decisions", topics.decisions)
         .option("parse_events_rewards", topics.rewards)
+        .option("kafka_security", security.model_dump_json())
     )
     if config.reward_metrics:
         reader = reader.option("parse_events_reward_metrics", json.dumps(config.reward_metrics))
     if config.max_rows_per_batch is not None:
         reader = reader.option("max_rows_per_batch", str(config.max_rows_per_batch))
-    processor = TimelineBatchProcessor(config, bootstrap_servers, topics, on_batch=on_batch)
+    processor = TimelineBatchProcessor(
+        config, bootstrap_servers, topics, on_batch=on_batch, security=security
+    )
     query = (
         reader.load()
         .writeStream.foreachBatch(processor)

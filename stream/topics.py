@@ -10,6 +10,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from contracts import StreamrlError, Topics
+from contracts.kafka import PLAINTEXT, KafkaSecurity
 
 
 class TopicSetupError(StreamrlError):
@@ -27,7 +28,12 @@ def topic_names(topics: Topics) -> list[str]:
 
 
 def ensure_topics(
-    bootstrap_servers: str, topics: Topics, partitions: int = 2, *, timeout_s: float = 15.0
+    bootstrap_servers: str,
+    topics: Topics,
+    partitions: int = 2,
+    *,
+    timeout_s: float = 15.0,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> None:
     """Create the missing topics of `topics` (idempotent) and wait until the broker lists them all.
 
@@ -42,6 +48,7 @@ def ensure_topics(
             bootstrap_servers=bootstrap_servers,
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=min(timeout_ms, 10_000),
+            **security.client_settings("kafka_python"),
         )
     except KafkaError as exc:
         raise TopicSetupError(

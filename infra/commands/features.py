@@ -116,7 +116,9 @@ def _ingest(env) -> int:  # env: infra.environment.Environment
         f"feature ingest running: {env.config.topics.decisions} -> feature view {config.feature_view}",
         flush=True,
     )
-    stats = run_online_ingest(config, env.bootstrap_servers, env.config.topics, stop, batch_size=2000)
+    stats = run_online_ingest(
+        config, env.bootstrap_servers, env.config.topics, stop, batch_size=2000, security=env.kafka_security
+    )
     print(
         f"feature ingest stopped: {stats.consumed} decisions consumed, {stats.pushed_rows} rows pushed",
         flush=True,

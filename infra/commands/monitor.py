@@ -27,11 +27,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     topic = env.config.topics.metrics
     if args.once:
-        print(format_metrics_table(latest_revisions(tail_metrics(env.bootstrap_servers, topic))))
+        windows = tail_metrics(env.bootstrap_servers, topic, security=env.kafka_security)
+        print(format_metrics_table(latest_revisions(windows)))
         return 0
     seen = []
     try:
-        for window in tail_metrics(env.bootstrap_servers, topic, follow=True):
+        for window in tail_metrics(env.bootstrap_servers, topic, follow=True, security=env.kafka_security):
             seen.append(window)
             print("\033[2J\033[H" + time.strftime("%H:%M:%S") + f"  metrics topic '{topic}'\n")
             print(format_metrics_table(latest_revisions(seen)[-30:]), flush=True)

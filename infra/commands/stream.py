@@ -24,9 +24,11 @@ def run(args: argparse.Namespace) -> int:
     from stream.spark import build_spark_session
 
     env = environment_from(args)
-    ensure_topics(env.bootstrap_servers, env.config.topics)
+    ensure_topics(env.bootstrap_servers, env.config.topics, security=env.kafka_security)
     spark = build_spark_session(args.master, "streamrl-timelines")
-    query = start_timeline_query(spark, env.stream_config(), env.bootstrap_servers, env.config.topics)
+    query = start_timeline_query(
+        spark, env.stream_config(), env.bootstrap_servers, env.config.topics, security=env.kafka_security
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
