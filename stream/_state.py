@@ -112,9 +112,13 @@ def save_state(state_dir: Path, batch_id: int, state: pa.Table) -> None:
     (root / _COMPLETE_MARKER).unlink(missing_ok=True)
     if root.exists():
         shutil.rmtree(root)
-    root.mkdir(parents=True)
-    pq.write_table(state, root / "part-00000.parquet", compression="lz4")
-    (root / _COMPLETE_MARKER).write_text(str(batch_id))
+    try:
+        root.mkdir(parents=True)
+        pq.write_table(state, root / "part-00000.parquet", compression="lz4")
+        (root / _COMPLETE_MARKER).write_text(str(batch_id))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # incomplete: never read, but it would hold space
+        raise
     kept = [i for i in _snapshot_ids(state_dir) if i <= batch_id][-_KEEP_SNAPSHOTS:]
     for child in state_dir.iterdir():
         if child.name.startswith("batch=") and int(child.name.removeprefix("batch=")) < kept[0]:

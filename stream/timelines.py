@@ -15,6 +15,7 @@ Per micro-batch N (clock C = the `clock_ms` Spark logged for N):
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -116,6 +117,34 @@ def _send_dead_letters(
         )
 
 
+class TimelineWriteError(StreamrlError):
+    """Batch N's timeline rows or state snapshot could not be written (a full disk, say). The batch
+    is not committed to the checkpoint, so a restart with the same checkpoint writes it again."""
+
+    def __init__(self, message: str, *, path: Path, batch_id: int, errno: int | None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.batch_id = batch_id
+        self.errno = errno
+
+
+def _write_error(
+    exc: OSError, what: str, path: Path, batch_id: int, config: StreamConfig
+) -> TimelineWriteError:
+    if exc.errno == errno.ENOSPC:
+        cause = f"{os.strerror(errno.ENOSPC)}. Free space on the volume holding {config.output_dir}"
+    else:
+        cause = f"{exc}. Fix that"
+    return TimelineWriteError(
+        f"timeline batch {batch_id}: writing its {what} under {path} failed: {cause}, then restart the job "
+        f"with the same checkpoint ({config.checkpoint_dir}): batch {batch_id} was not committed and is "
+        "written again, losing and repeating nothing",
+        path=path,
+        batch_id=batch_id,
+        errno=exc.errno,
+    )
+
+
 def write_timeline_batch(output_dir: Path, batch_id: int, timelines: pa.Table) -> None:
     """Write batch N's rows as `timelines/ds=…/batch_id=N/part-00000.parquet`, replacing any earlier
     attempt at N. Each file is staged under a dot-directory (which readers skip) and renamed in.
@@ -129,7 +158,11 @@ def write_timeline_batch(output_dir: Path, batch_id: int, timelines: pa.Table) -
         target = root / f"ds={ds}" / f"batch_id={batch_id}"
         staged = root / f"ds={ds}" / f".staging-{batch_id}-{uuid.uuid4().hex}"
         staged.mkdir(parents=True)
-        pq.write_table(part, staged / "part-00000.parquet", use_deprecated_int96_timestamps=True)
+        try:
+            pq.write_table(part, staged / "part-00000.parquet", use_deprecated_int96_timestamps=True)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)  # nothing else removes a failed attempt's staging
+            raise
         if target.exists():
             shutil.rmtree(target)
         os.rename(staged, target)
@@ -210,7 +243,12 @@ class TimelineBatchProcessor:
         seconds["passes"] = time.perf_counter() - tick
         tick = time.perf_counter()
         if outcome.timelines.num_rows:
-            write_timeline_batch(Path(self.config.output_dir), batch_id, outcome.timelines)
+            try:
+                write_timeline_batch(Path(self.config.output_dir), batch_id, outcome.timelines)
+            except OSError as exc:
+                raise _write_error(
+                    exc, "timeline rows", timelines_path(self.config.output_dir), batch_id, self.config
+                ) from exc
         seconds["write"] = time.perf_counter() - tick
         tick = time.perf_counter()
         _send_dead_letters(
@@ -222,7 +260,10 @@ class TimelineBatchProcessor:
         )
         seconds["dead_letters"] = time.perf_counter() - tick
         tick = time.perf_counter()
-        save_state(self.state_dir, batch_id, outcome.state)
+        try:
+            save_state(self.state_dir, batch_id, outcome.state)
+        except OSError as exc:
+            raise _write_error(exc, "state snapshot", self.state_dir, batch_id, self.config) from exc
         self._cached = (batch_id, outcome.state)
         seconds["state"] = time.perf_counter() - tick
         arrivals = pc.min(outcome.state["arrival_clock_ms"]).as_py()

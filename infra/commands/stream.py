@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import threading
 
@@ -39,6 +40,20 @@ def run(args: argparse.Namespace) -> int:
     query.stop()
     spark.stop()
     if exception is not None:
-        print(f"timeline job failed: {exception}", flush=True)
+        print(
+            f"timeline job failed: {failure_cause(str(exception))}\n\nSpark's report:\n{exception}",
+            flush=True,
+        )
         return 1
     return 0
+
+
+_RAISED = re.compile(r"^\s*([\w.]+(?:Error|Exception): .*)$")
+
+
+def failure_cause(report: str) -> str:
+    """The line that says what went wrong: the last exception raised in the batch's Python code,
+    ahead of Spark's query description (else the report's first line)."""
+    head = report.split("=== Streaming Query ===", 1)[0]
+    raised = [m.group(1) for line in head.splitlines() if (m := _RAISED.match(line))]
+    return raised[-1] if raised else report.strip().splitlines()[0] if report.strip() else report
