@@ -14,6 +14,7 @@ from evaluation.config import GateConfig
 from features import FeatureStoreConfig
 from infra.config import StreamrlConfig
 from infra.manifest import AppManifest, ContinuousActions, forced_types
+from infra.stack_config import BrokerStorage
 from monitoring.config import MonitoringConfig
 from serving.config import ServingConfig
 from stream.config import StreamConfig
@@ -70,6 +71,15 @@ class Environment:
     def kafka_security(self) -> KafkaSecurity:
         return self.config.kafka
 
+    @property
+    def decision_log_idempotent(self) -> bool:
+        """Whether serving logs decisions idempotently: the setting, or (unset) everywhere except
+        the local durable broker, which loses acknowledged idempotent writes when SIGKILLed."""
+        chosen = self.config.serving.decision_log_idempotent
+        if chosen is not None:
+            return chosen
+        return self.config.stack.broker_storage is not BrokerStorage.S3
+
     # --- stage configs ------------------------------------------------------------------------
     def stream_config(self) -> StreamConfig:
         section = self.config.stream
@@ -116,6 +126,7 @@ class Environment:
             poll_interval_s=section.poll_interval_s,
             bootstrap_servers=self.bootstrap_servers,
             kafka_security=self.kafka_security,
+            decision_log_idempotent=self.decision_log_idempotent,
             topics=self.config.topics,
             feature_store=self.feature_store_config() if self.config.feature_store.feature_names else None,
             seed=section.seed,

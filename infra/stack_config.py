@@ -20,7 +20,12 @@ ENV_PREFIX = "STREAMRL_"
 
 
 class BrokerStorage(StrEnum):
-    """Where the broker keeps records: lost on stop (`memory`) or in a local S3 store (`s3`)."""
+    """Where the broker keeps records: lost on stop (`memory`) or in a local S3 store (`s3`).
+
+    `s3` is the durable mode: records survive a stop and restart. A broker SIGKILLed mid-stream can
+    lose writes in flight that an idempotent producer was told were stored, or store twice those of
+    a producer without idempotence; see docs/faults.md. The bundled Tansu has no PostgreSQL engine.
+    """
 
     MEMORY = "memory"
     S3 = "s3"

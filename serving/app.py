@@ -317,7 +317,12 @@ def _start_runtime(config: ServingConfig, metrics: ServingMetrics) -> _Runtime:
         continuous_actions=config.continuous_actions,
     )
     try:
-        event_logger = EventLogger(config.bootstrap_servers, config.topics, security=config.kafka_security)
+        event_logger = EventLogger(
+            config.bootstrap_servers,
+            config.topics,
+            security=config.kafka_security,
+            idempotent=config.decision_log_idempotent,
+        )
     except Exception as exc:
         raise ServingStartupError(
             f"cannot open the decision log on brokers {config.bootstrap_servers!r} "

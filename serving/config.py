@@ -113,6 +113,11 @@ class ServingConfig(_Section):
     kafka_security: KafkaSecurity = Field(
         default_factory=KafkaSecurity, description="how the decision log authenticates to the brokers"
     )
+    decision_log_idempotent: bool = Field(
+        True,
+        description="an idempotent decision log (never a copy); false: at least once (never a loss "
+        "on a broker that acknowledges before it stores; copies collapse in the timelines)",
+    )
     topics: Topics = DEFAULT_TOPICS
     feature_store: FeatureStoreConfig | None = Field(
         None, description="online feature lookup per entity; None serves on request features only"

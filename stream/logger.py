@@ -97,6 +97,7 @@ class EventLogger:
         metadata_timeout_s: float = 5.0,
         linger_ms: int = 5,
         security: KafkaSecurity = PLAINTEXT,
+        idempotent: bool = True,
     ) -> None:
         request_timeout_ms = min(10_000, int(delivery_timeout_s * 1000) - linger_ms)
         if request_timeout_ms <= 0:
@@ -107,10 +108,14 @@ class EventLogger:
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap_servers,
-                "enable.idempotence": True,
+                # Idempotent: no copies, but a broker that acknowledges a sequence before it stores
+                # the batch (the local broker's s3 engine, when SIGKILLed) loses that batch on retry.
+                # At least once: one request in flight, resent until stored; copies of a decision
+                # collapse in the timeline job (first seen per mdp_id and sequence number).
+                "enable.idempotence": idempotent,
                 "acks": "all",
-                "retries": max_retries,
-                "max.in.flight.requests.per.connection": 5,
+                "retries": max_retries if idempotent else 2_147_483_647,
+                "max.in.flight.requests.per.connection": 5 if idempotent else 1,
                 "linger.ms": linger_ms,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
                 "request.timeout.ms": request_timeout_ms,
