@@ -128,3 +128,35 @@ def test_an_override_that_changes_the_type_replaces_the_section() -> None:
     )
     same = load_config(overrides={"trainer": {"num_epochs": 3}}).trainer  # same type: merged key by key
     assert isinstance(same, DqnConfig) and (same.num_epochs, same.batch_size) == (3, 256)
+
+
+def test_kafka_section_reaches_every_client_config_and_bad_settings_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "kafka.yaml"
+    path.write_text(
+        "kafka:\n  protocol: SASL_SSL\n  sasl_mechanism: SCRAM-SHA-512\n  username: app\n"
+        "  password_env: APP_KAFKA_PASSWORD\n"
+    )
+    env = Environment.from_config(load_config(path), tmp_path)
+    assert env.serving_config().kafka_security.username == "app"
+    assert env.monitoring_config().kafka_security.protocol == "SASL_SSL"
+    # On a broker other than the local durable one the decision log stays idempotent.
+    assert env.serving_config().decision_log_idempotent is True
+    path.write_text("kafka:\n  protocol: SASL_PLAINTEXT\n  username: app\n  password: hunter2\n")
+    with pytest.raises(ConfigError, match=r"kafka\.password.*[Ee]xtra inputs"):
+        load_config(path)
+    path.write_text("kafka:\n  protocol: SASL_PLAINTEXT\n  username: app\n")
+    with pytest.raises(ConfigError, match="exactly one of `password_env`"):
+        load_config(path)
+
+
+def test_the_local_durable_broker_gets_an_at_least_once_decision_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMRL_BROKER_STORAGE", "s3")
+    env = Environment.from_config(load_config(DEFAULT_CONFIG), tmp_path)
+    assert env.serving_config().decision_log_idempotent is False
+    path = tmp_path / "chosen.yaml"
+    path.write_text("serving:\n  decision_log_idempotent: true\n")
+    assert (
+        Environment.from_config(load_config(path), tmp_path).serving_config().decision_log_idempotent is True
+    )
