@@ -6,6 +6,10 @@ Each route needs a scope, from one table: the decision routes `act`, deploy and 
 `ErrorBody` naming what is missing, never the token. Tokens are compared as SHA-256 digests with
 `hmac.compare_digest`, against every configured token, so the time taken says nothing about how
 much of a guess was right or which token it resembled.
+
+Tokens from `tokens_file` rotate without a restart: `Tokens` looks at the file at most once per
+`RELOAD_CHECK_S` and reads it again when it changed; a file that no longer holds valid tokens is
+logged and the tokens read before stay in force (never no tokens, never an open door).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +33,8 @@ from serving.errors import ServingError
 from serving.schemas import send_error_body
 
 ScopeName = Literal["act", "admin"]
+RELOAD_CHECK_S = 1.0
+log = logging.getLogger(__name__)
 
 # Route (path after an optional /v1/apps/{app} prefix) → the scope it needs; None: open.
 _SCOPES: tuple[tuple[re.Pattern[str], ScopeName | None], ...] = (
@@ -93,6 +101,46 @@ def load_principals(config: AuthConfig) -> list[Principal]:
     ]
 
 
+class Tokens:
+    """The tokens in force: read once at start (errors stop the server), then, for a
+    `tokens_file`, again whenever the file changes."""
+
+    def __init__(self, config: AuthConfig) -> None:
+        self.config = config
+        self.principals = load_principals(config)
+        self._seen = self._stamp()
+        self._checked = time.monotonic()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        if self.config.tokens_file is None:
+            return None
+        try:
+            stat = self.config.tokens_file.stat()
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    def current(self) -> list[Principal]:
+        if self.config.tokens_file is None or time.monotonic() - self._checked < RELOAD_CHECK_S:
+            return self.principals
+        self._checked = time.monotonic()
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return self.principals
+        self._seen = stamp
+        try:
+            self.principals = load_principals(self.config)
+        except AuthConfigError as exc:
+            log.error("%s; the tokens read before stay in force until the file is fixed", exc)
+        else:
+            log.warning(
+                "serving.auth: tokens reloaded from %s (%d names)",
+                self.config.tokens_file,
+                len(self.principals),
+            )
+        return self.principals
+
+
 def required_scope(path: str) -> ScopeName | None:
     """The scope `path` needs (None: open)."""
     route = _APP_PREFIX.sub("/v1/", path, count=1)
@@ -117,15 +165,15 @@ def authenticate(principals: list[Principal], authorization: str | None) -> Prin
 class AuthMiddleware:
     """401/403 with an `ErrorBody` before the app runs, per `required_scope`."""
 
-    def __init__(self, app: ASGIApp, principals: list[Principal]) -> None:
+    def __init__(self, app: ASGIApp, tokens: Tokens) -> None:
         self.app = app
-        self.principals = principals
+        self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (needed := required_scope(scope.get("path", ""))) is None:
             await self.app(scope, receive, send)
             return
-        principal = authenticate(self.principals, Headers(scope=scope).get("authorization"))
+        principal = authenticate(self.tokens.current(), Headers(scope=scope).get("authorization"))
         if principal is None:
             await _refuse(
                 send,

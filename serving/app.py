@@ -40,7 +40,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import ActionKind, DecisionEvent
-from serving._auth import AuthMiddleware, load_principals
+from serving._auth import AuthMiddleware, Tokens
 from serving._breaker import FeatureBreaker
 from serving._decision_log import DecisionLog
 from serving._kinds import KINDS, Choice, ContinuousSpace
@@ -196,7 +196,7 @@ def create_app(config: ServingConfig, *, metrics_dir: Path | None = None) -> Fas
     )
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=config.limits.max_body_bytes)
     if config.auth.enabled:  # tokens read now: a bad token source stops the server before it listens
-        app.add_middleware(AuthMiddleware, principals=load_principals(config.auth))
+        app.add_middleware(AuthMiddleware, tokens=Tokens(config.auth))
     app.add_middleware(_MetricsMiddleware, metrics=metrics)  # outermost: it counts the 413s too
     # One handler; registered per type because Starlette re-raises whatever only the
     # catch-all `Exception` entry handles (that one is for the 500s).

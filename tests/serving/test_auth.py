@@ -124,3 +124,30 @@ def test_a_bad_token_source_stops_the_server_before_it_listens(config, monkeypat
     with pytest.raises(AuthConfigError, match="not valid JSON") as broken:
         create_app(config.model_copy(update={"auth": AuthConfig(enabled=True, tokens_file=secret_file)}))
     assert "unterminated-secret-token" not in str(broken.value)
+
+
+def test_tokens_in_a_file_rotate_without_a_restart(
+    config, two_versions, tmp_path, monkeypatch, caplog
+) -> None:
+    """Add the new token, move clients, drop the old one: each step takes effect within
+    RELOAD_CHECK_S; a broken file keeps the tokens in force (never an open door)."""
+    monkeypatch.setattr("serving._auth.RELOAD_CHECK_S", 0.0)
+    new_token = "rotated-secret-9876543210"
+    tokens_file = tmp_path / "tokens.json"
+    tokens_file.write_text(json.dumps(TOKENS))
+    auth = AuthConfig(enabled=True, tokens_file=tokens_file)
+    with TestClient(create_app(config.model_copy(update={"auth": auth}))) as client:
+
+        def status(token: str) -> int:
+            return client.post("/v1/act", json=BODY, headers=_bearer(token)).status_code
+
+        assert (status(ACT_TOKEN), status(new_token)) == (200, 401)
+        tokens_file.write_text(json.dumps({**TOKENS, "app-x-next": {"token": new_token, "scopes": ["act"]}}))
+        assert (status(ACT_TOKEN), status(new_token)) == (200, 200)
+        tokens_file.write_text(json.dumps({"app-x-next": {"token": new_token, "scopes": ["act"]}}))
+        assert (status(ACT_TOKEN), status(new_token)) == (401, 200)
+        tokens_file.write_text('{"app-x-next": {"token": "short", "scopes": ["act"]}')  # not JSON
+        assert (status(ACT_TOKEN), status(new_token)) == (401, 200)
+        assert "does not hold valid tokens: not valid JSON" in caplog.text
+        assert "tokens read before stay in force" in caplog.text
+        assert new_token not in caplog.text and "short" not in caplog.text
