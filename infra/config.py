@@ -87,7 +87,7 @@ class ServingSection(_Section):
     log_flush_interval_s: float = Field(0.2, gt=0)
     log_flush_timeout_s: float = Field(10.0, gt=0)
     # None: idempotent, except on the local stack's durable (s3) broker, whose SIGKILL loses
-    # acknowledged idempotent writes: there the decision log is at least once (docs/faults.md).
+    # acknowledged idempotent writes: there the decision log is at least once (docs/operations.md).
     decision_log_idempotent: bool | None = None
     # Day 0 and the served kind: what `/v1/act` does with no model (`none`: 503, `uniform`), the
     # only kind served (None: the first model's), and the continuous action box (see ServingConfig).

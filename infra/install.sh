@@ -13,7 +13,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 fi
 if ! command -v kcat >/dev/null 2>&1; then
-  # kcat: the librdkafka command-line client the interop test drives (with a newer librdkafka, see docs/faults.md)
+  # kcat: the librdkafka command-line client the interop test drives (with a newer librdkafka, see docs/operations.md)
   echo "installing kcat (Debian package)…"
   if [ "$(id -u)" = "0" ]; then sudo=""; else sudo="sudo"; fi
   { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq kcat >/dev/null; } ||

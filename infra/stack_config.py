@@ -24,7 +24,7 @@ class BrokerStorage(StrEnum):
 
     `s3` is the durable mode: records survive a stop and restart. A broker SIGKILLed mid-stream can
     lose writes in flight that an idempotent producer was told were stored, or store twice those of
-    a producer without idempotence; see docs/faults.md. The bundled Tansu has no PostgreSQL engine.
+    a producer without idempotence; see docs/operations.md. The bundled Tansu has no PostgreSQL engine.
     """
 
     MEMORY = "memory"

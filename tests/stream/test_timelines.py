@@ -280,7 +280,7 @@ def test_source_rejects_missing_options(bad):
 
 def _kcat(bootstrap: str, topic: str, lines: list[str], libdir: Path) -> None:
     """Produce `key:value` lines with kcat, on the librdkafka confluent-kafka ships (Debian's 2.0.2
-    cannot read Tansu's ApiVersions answer; see docs/faults.md)."""
+    cannot read Tansu's ApiVersions answer; see docs/operations.md)."""
     kcat = shutil.which("kcat")
     assert kcat, "kcat is not installed: `make install` installs it (apt-get install kcat)"
     wheel_lib = next(
