@@ -361,7 +361,7 @@ class AppStatus:
     timeline_rows: int
     newest_row_age_s: float | None  # since the timeline job last committed a file
     stream_lag_events: int | None
-    dead_letters_last_hour: dict[str, int]
+    dead_letters_last_hour: dict[str, int] | None  # None: the broker did not answer
     data_health: str  # the logged-data checks of the last refresh's evaluation
 
 
@@ -390,6 +390,8 @@ def _app_status(config: StreamrlConfig, name: str) -> AppStatus:
     since = state.history[-1].at if state.current and state.history else None
     last, nxt = _refresh_summary(env)
     rows, age = _freshness(env)
+    # Without a broker, Kafka clients retry for a minute before giving up: ask the port first.
+    broker_up = _broker_answers(env)
     return AppStatus(
         app=name,
         url=f"{env.serving_url}/v1/apps/{name}",
@@ -400,8 +402,8 @@ def _app_status(config: StreamrlConfig, name: str) -> AppStatus:
         next_refresh=nxt,
         timeline_rows=rows,
         newest_row_age_s=age,
-        stream_lag_events=_stream_lag(env),
-        dead_letters_last_hour=_dead_letters(env, timedelta(hours=1)),
+        stream_lag_events=_stream_lag(env) if broker_up else None,
+        dead_letters_last_hour=_dead_letters(env, timedelta(hours=1)) if broker_up else None,
         data_health=_data_health(env),
     )
 
@@ -474,6 +476,18 @@ def _freshness(env: Environment) -> tuple[int, float | None]:
         return 0, None
     newest = max(path.stat().st_mtime for path in counter.files)
     return rows, time.time() - newest
+
+
+def _broker_answers(env: Environment, timeout_s: float = 1.0) -> bool:
+    """Whether any bootstrap server accepts a TCP connection within `timeout_s`."""
+    import socket
+
+    for server in env.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        with contextlib.suppress(OSError, ValueError):
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+            return True
+    return False
 
 
 def _stream_lag(env: Environment) -> int | None:

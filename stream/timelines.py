@@ -168,6 +168,17 @@ def write_timeline_batch(output_dir: Path, batch_id: int, timelines: pa.Table) -
         os.rename(staged, target)
 
 
+def remove_stale_staging(output_dir: Path) -> list[Path]:
+    """Remove the staging folders a killed job left (`ds=…/.staging-*`; readers skip them). Run
+    before the job starts: one job writes an output folder, so none of them is in use."""
+    stale = sorted(timelines_path(output_dir).glob("ds=*/.staging-*"))
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        logger.warning("removed %d staging folder(s) left by an earlier run under %s", len(stale), output_dir)
+    return stale
+
+
 def driver_rss_bytes() -> int:
     """The driver process's current resident set size (Linux), else its peak."""
     try:
@@ -333,6 +344,7 @@ def start_timeline_query(
 
     `on_batch` is called on the driver after each processed batch with its `BatchStats` (rows,
     state size, driver RSS, seconds per step)."""
+    remove_stale_staging(Path(config.output_dir))
     _warm_python_workers(spark)
     spark.dataSource.register(KafkaEventSource)
     reader = (

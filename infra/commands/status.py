@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"  stream     {s.timeline_rows} timeline rows, {age}; {lag}")
         print(f"  data       {s.data_health}")
-        letters = ", ".join(f"{n}× {reason}" for reason, n in s.dead_letters_last_hour.items()) or "none"
+        letters = (
+            "unknown (broker unreachable)"
+            if s.dead_letters_last_hour is None
+            else ", ".join(f"{n}× {reason}" for reason, n in s.dead_letters_last_hour.items()) or "none"
+        )
         print(f"  dead letters (last hour): {letters}")
     return 3 if any("STOPPED" in st for s in statuses for st in s.components.values()) else 0

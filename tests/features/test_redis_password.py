@@ -108,6 +108,8 @@ def test_the_local_stack_runs_redis_with_the_password_it_is_given(tmp_path, monk
     try:
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(host=config.host, port=config.redis_port).ping()
+        with pytest.raises(redis.AuthenticationError):  # an unauthenticated write is refused
+            redis.Redis(host=config.host, port=config.redis_port).set("streamrl:probe", "x")
         assert redis.Redis(host=config.host, port=config.redis_port, password=PASSWORD).ping()
     finally:
         stack.down()

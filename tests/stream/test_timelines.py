@@ -204,7 +204,13 @@ def test_restart_from_checkpoint_is_exactly_once(local_stack, topics, spark, tmp
         p.decision(_decision(f"c{mdp}", 0), key=f"c{mdp}")
         p.reward(_reward(f"c{mdp}-0", 0.1, 2.0))
     p.flush()
+    # What a job killed mid-write leaves: a staging folder with a partial file. The restart removes it.
+    ds_folder = next((config.output_dir / "timelines").glob("ds=*"))
+    stale = ds_folder / ".staging-7-killed"
+    stale.mkdir()
+    (stale / "part-00000.parquet").write_bytes(b"PAR1 cut short")
     query = start_timeline_query(spark, config, bootstrap, topics)
+    assert not stale.exists()
     try:
         frame = _wait_for_rows(config.output_dir, 60 + 40 + 10)
         time.sleep(2.0)  # a few more batches: nothing may be emitted twice
