@@ -91,7 +91,7 @@ def _decision() -> DecisionEvent:
 
 
 def _log_one(bootstrap: str, security: KafkaSecurity) -> EventLogError:
-    logger = EventLogger(bootstrap, TOPICS, delivery_timeout_s=3.0, security=security)
+    logger = EventLogger(bootstrap, TOPICS, delivery_timeout_s=2.0, security=security)
     logger.log_decision(_decision())
     with pytest.raises(EventLogError) as refused:
         logger.close(timeout_s=10.0)
@@ -106,7 +106,7 @@ def test_a_client_without_credentials_cannot_write(auth_broker, caplog):
     # The broker answers nothing but ApiVersions and SASL before a login: it drops the connection.
     assert "unknown-user" not in caplog.text
     with pytest.raises(TopicSetupError, match="cannot reach the Kafka broker"):
-        ensure_topics(auth_broker, TOPICS, timeout_s=3.0)
+        ensure_topics(auth_broker, TOPICS, timeout_s=2.0)
 
 
 def test_kafka_security_settings_reach_the_broker_as_a_scram_login(auth_broker, caplog, monkeypatch):
@@ -117,7 +117,7 @@ def test_kafka_security_settings_reach_the_broker_as_a_scram_login(auth_broker, 
     # librdkafka ran the SCRAM-SHA-512 exchange and reports the broker's verdict on user "app".
     assert "SASL SCRAM authentication failed" in caplog.text and "unknown-user" in caplog.text, caplog.text
     with pytest.raises(TopicSetupError):
-        ensure_topics(auth_broker, TOPICS, timeout_s=3.0, security=SCRAM)
+        ensure_topics(auth_broker, TOPICS, timeout_s=2.0, security=SCRAM)
 
 
 def test_the_same_settings_with_sasl_against_a_broker_without_it_are_refused(
